@@ -1,0 +1,30 @@
+//! Ward: real-time messaging for hospital staff.
+//!
+//! A frame travels socket → [`session`] → [`broker`] (memory or Redis) →
+//! [`rooms`] (local fan-out through each connection's [`outbox`]) → socket.
+//!
+//! - [`config`]: layered configuration (defaults, TOML, `WARD_*`).
+//! - [`protocol`]: client and server frames, error and close codes; no I/O.
+//! - [`http`]: router, WebSocket upgrade, probes, metrics, browser client.
+//! - [`session`]: one connection: hello, limits, frames, writes.
+//! - [`auth`]: identities and room access.
+//! - [`rooms`]: who is in which room on this pod; fan-out.
+//! - [`outbox`]: a connection's bounded outbound queue.
+//! - [`broker`]: the seam to storage, presence and pub/sub.
+//! - [`pod`]: state shared by a pod's connections; pings and drain.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`server`]: start, serve, drain.
+//! - [`logging`]: tracing subscriber set-up.
+
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod outbox;
+pub mod pod;
+pub mod protocol;
+pub mod rooms;
+pub mod server;
+pub mod session;

@@ -1,0 +1,172 @@
+//! The state one pod shares among its connections: configuration, broker,
+//! local rooms, metrics, the set of live connections, and the drain switch.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{Broker, ConnId};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::outbox::{CloseRequest, Outbox};
+use crate::protocol::close;
+use crate::rooms::Rooms;
+
+/// How often the pod pings every connection; two missed pings close it.
+pub const PING_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Shared state of one pod.
+pub struct Pod {
+    /// The configuration it was started with.
+    pub config: Config,
+    /// Storage, presence and pub/sub.
+    pub broker: Arc<dyn Broker>,
+    /// Local members of rooms; the broker's event sink.
+    pub rooms: Arc<Rooms>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Open connections, for pings and the drain.
+    connections: Mutex<HashMap<ConnId, Arc<Outbox>>>,
+    /// Source of connection numbers.
+    next_conn: AtomicU64,
+    /// Set at the start of a drain: `/readyz` answers 503.
+    draining: AtomicBool,
+    /// Set `drain.delay` after the start of a drain: upgrades get 503.
+    refusing: AtomicBool,
+    /// Every connection task, so the drain can wait for them.
+    pub tasks: TaskTracker,
+    /// Cancelled when the pod stops for good; background tasks end.
+    pub shutdown: CancellationToken,
+}
+
+impl Pod {
+    /// A pod with no connections yet.
+    pub fn new(
+        config: Config,
+        broker: Arc<dyn Broker>,
+        rooms: Arc<Rooms>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            config,
+            broker,
+            rooms,
+            metrics,
+            connections: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Registers a new connection and returns its number.
+    pub fn register(&self, outbox: Arc<Outbox>) -> ConnId {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.connections.lock().unwrap_or_else(|p| p.into_inner()).insert(id, outbox);
+        self.metrics.connections.inc();
+        id
+    }
+
+    /// Forgets a closed connection.
+    pub fn unregister(&self, id: ConnId) {
+        let removed = self.connections.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        if removed.is_some() {
+            self.metrics.connections.dec();
+        }
+    }
+
+    /// A snapshot of the open connections.
+    fn snapshot(&self) -> Vec<Arc<Outbox>> {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// Whether the pod is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether new upgrades are refused.
+    pub fn is_refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
+    }
+
+    /// Pings every connection once; closes those that missed two in a row.
+    pub fn ping_all(&self) {
+        const PING_TIMEOUT: CloseRequest =
+            CloseRequest { code: close::INTERNAL, reason: "ping timeout", label: "ping_timeout" };
+        for outbox in self.snapshot() {
+            if outbox.ping_sent() >= 2 {
+                outbox.request_close(PING_TIMEOUT);
+            } else {
+                outbox.offer(crate::outbox::Outbound::Ping);
+            }
+        }
+    }
+
+    /// Pings all connections every [`PING_INTERVAL`] until shutdown.
+    pub async fn run_heartbeat(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(PING_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = ticks.tick() => self.ping_all(),
+            }
+        }
+    }
+
+    /// Drains the pod: not ready at once, refuse upgrades after `drain.delay`,
+    /// close connections with 1012 spread over `drain.spread`, then wait for
+    /// their tasks until `drain.timeout`. Returns true when all ended in time.
+    pub async fn drain(&self) -> bool {
+        let drain = &self.config.drain;
+        let started = tokio::time::Instant::now();
+        self.draining.store(true, Ordering::Relaxed);
+        self.metrics.draining.set(1);
+        tracing::info!(delay = ?drain.delay, spread = ?drain.spread, "drain started: not ready");
+
+        tokio::time::sleep(drain.delay).await;
+        self.refusing.store(true, Ordering::Relaxed);
+        self.close_spread(drain.spread).await;
+
+        // An upgrade that was under way when refusals began is closed too.
+        self.close_spread(Duration::ZERO).await;
+
+        self.tasks.close();
+        let left = drain.timeout.saturating_sub(started.elapsed());
+        let finished = tokio::time::timeout(left, self.tasks.wait()).await.is_ok();
+        if !finished {
+            tracing::warn!(
+                open = self.metrics.connections.get(),
+                "drain timed out; closing the rest"
+            );
+        }
+        self.shutdown.cancel();
+        finished
+    }
+
+    /// Asks every connection to close with 1012, evenly over `spread`.
+    async fn close_spread(&self, spread: Duration) {
+        const DRAINING: CloseRequest =
+            CloseRequest { code: close::DRAINING, reason: "pod draining", label: "draining" };
+        let connections = self.snapshot();
+        let count = connections.len().max(1) as u32;
+        let step = spread / count;
+        if !connections.is_empty() {
+            tracing::info!(connections = connections.len(), "closing connections");
+        }
+        for (i, outbox) in connections.into_iter().enumerate() {
+            if i > 0 && !step.is_zero() {
+                tokio::time::sleep(step).await;
+            }
+            outbox.request_close(DRAINING);
+        }
+    }
+}

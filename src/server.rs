@@ -1,0 +1,129 @@
+//! Starting and stopping a pod: bind the listener, build the broker and the
+//! shared state, serve HTTP, ping connections, and drain on request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::broker::memory::MemoryBroker;
+use crate::broker::{Broker, EventSink};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pod::Pod;
+use crate::rooms::Rooms;
+
+/// Kernel send buffer of a client socket: small, since sockets are many and
+/// the outbound queue already absorbs bursts.
+const SOCKET_SEND_BUFFER: usize = 32 * 1024;
+/// Kernel receive buffer of a client socket.
+const SOCKET_RECV_BUFFER: usize = 16 * 1024;
+
+/// Why a pod could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}; is another process using it?")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The broker could not be set up.
+    #[error("broker: {0}")]
+    Broker(String),
+}
+
+/// A running pod.
+pub struct Server {
+    addr: SocketAddr,
+    pod: Arc<Pod>,
+    serving: JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `config.listen` and starts serving.
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+
+        let metrics = Arc::new(Metrics::new());
+        let rooms = Arc::new(Rooms::new(metrics.clone()));
+        let broker = build_broker(&config, rooms.clone(), metrics.clone()).await?;
+        metrics.broker_up.set(i64::from(broker.health().up));
+        let pod = Arc::new(Pod::new(config, broker, rooms, metrics));
+
+        tokio::spawn(pod.clone().run_heartbeat());
+        let serving = tokio::spawn(serve(listener, pod.clone()));
+        tracing::info!(addr = %addr, node.id = %pod.config.node_id, broker = pod.broker.health().kind, "serving");
+        Ok(Server { addr, pod, serving })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The pod's shared state.
+    pub fn pod(&self) -> &Arc<Pod> {
+        &self.pod
+    }
+
+    /// Drains the pod as on SIGTERM and stops serving; true when every
+    /// connection ended before `drain.timeout`.
+    pub async fn drain(self) -> bool {
+        let finished = self.pod.drain().await;
+        self.serving.abort();
+        finished
+    }
+
+    /// Stops at once, like a crash: no drain, connections dropped.
+    pub fn abort(self) {
+        self.pod.shutdown.cancel();
+        self.serving.abort();
+    }
+}
+
+/// Serves HTTP on the listener with small socket buffers and no Nagle delay.
+async fn serve(listener: TcpListener, pod: Arc<Pod>) {
+    let listener = listener.tap_io(|tcp| {
+        let socket = socket2::SockRef::from(&*tcp);
+        if let Err(err) = tcp
+            .set_nodelay(true)
+            .and_then(|()| socket.set_send_buffer_size(SOCKET_SEND_BUFFER))
+            .and_then(|()| socket.set_recv_buffer_size(SOCKET_RECV_BUFFER))
+        {
+            tracing::debug!(error = %err, "socket options not set");
+        }
+    });
+    let shutdown = pod.shutdown.clone();
+    let app = crate::http::router(pod);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(err) = served {
+        tracing::error!(error = %err, "HTTP server stopped");
+    }
+}
+
+/// The in-process broker, or Redis when `redis.url` is set.
+async fn build_broker(
+    config: &Config,
+    rooms: Arc<Rooms>,
+    _metrics: Arc<Metrics>,
+) -> Result<Arc<dyn Broker>, StartError> {
+    let sink: Arc<dyn EventSink> = rooms;
+    match &config.redis.url {
+        None => Ok(Arc::new(MemoryBroker::new(config.history.max_len, sink))),
+        Some(_) => Err(StartError::Broker(
+            "the Redis broker is not part of this build; unset redis.url to use the in-process broker".into(),
+        )),
+    }
+}
