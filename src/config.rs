@@ -309,7 +309,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("WARD_").split("__").ignore(&["config"]));
+        figment = figment.merge(ward_env());
 
         Self::from_figment(figment)
     }
@@ -380,6 +380,32 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Top-level keys that `WARD_*` variables may set.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "node_id",
+    "redis",
+    "presence",
+    "history",
+    "auth",
+    "allowed_origins",
+    "api",
+    "limits",
+    "drain",
+    "log",
+    "escalation",
+    "audit",
+];
+
+/// `WARD_*` variables that name a Ward key. Others are left alone: Kubernetes
+/// adds `WARD_SERVICE_HOST` and the like for a Service named `ward`.
+fn ward_env() -> Env {
+    Env::prefixed("WARD_").split("__").filter(|key| {
+        let top = key.as_str().split('.').next().unwrap_or_default();
+        TOP_LEVEL_KEYS.contains(&top)
+    })
 }
 
 /// Turns figment's error into one that names the dotted key.
