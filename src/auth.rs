@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::config::{AuthMode, Config};
+pub use crate::jwt::Verifier;
 use crate::protocol::{self, Hello, User};
 
 /// A proven identity and what it may reach.
@@ -16,6 +16,8 @@ pub struct Identity {
     pub user: User,
     /// Room patterns (`icu-*`, `ward-3`); `None` means every room.
     pub rooms: Option<Vec<String>>,
+    /// Roles named by the token (informational; rooms decide access).
+    pub roles: Vec<String>,
     /// When the token expires, in seconds since the epoch.
     pub expires_at: Option<i64>,
 }
@@ -32,12 +34,14 @@ pub enum HelloError {
 }
 
 /// Turns a `hello` into an identity according to the configured mode.
-pub fn identify(config: &Config, hello: Hello) -> Result<Identity, HelloError> {
-    match config.auth.mode {
-        AuthMode::Open => identify_open(hello),
-        AuthMode::Jwt => Err(HelloError::Unauthorized(
-            "jwt mode is not available in this build; run with auth.mode = \"open\"".into(),
-        )),
+pub fn identify(verifier: Option<&Verifier>, hello: Hello) -> Result<Identity, HelloError> {
+    match verifier {
+        None => identify_open(hello),
+        Some(verifier) => {
+            let token =
+                hello.token.ok_or_else(|| HelloError::Unauthorized("hello has no token".into()))?;
+            verifier.verify(&token).map_err(HelloError::Unauthorized)
+        }
     }
 }
 
@@ -55,7 +59,7 @@ fn identify_open(hello: Hello) -> Result<Identity, HelloError> {
         None => id.clone(),
     };
     let user = User { id: Arc::from(id), name: Arc::from(name) };
-    Ok(Identity { user, rooms: None, expires_at: None })
+    Ok(Identity { user, rooms: None, roles: Vec::new(), expires_at: None })
 }
 
 impl Identity {
@@ -87,6 +91,7 @@ mod tests {
         Identity {
             user: User { id: "alice".into(), name: "Alice".into() },
             rooms: rooms.map(|r| r.into_iter().map(String::from).collect()),
+            roles: Vec::new(),
             expires_at: None,
         }
     }

@@ -404,7 +404,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
 fn ward_env() -> Env {
     Env::prefixed("WARD_").split("__").filter(|key| {
         let top = key.as_str().split('.').next().unwrap_or_default();
-        TOP_LEVEL_KEYS.contains(&top)
+        TOP_LEVEL_KEYS.iter().any(|known| known.eq_ignore_ascii_case(top))
     })
 }
 
@@ -412,7 +412,9 @@ fn ward_env() -> Env {
 fn figment_error(err: figment::Error) -> ConfigError {
     let mut key = err.path.join(".");
     if let figment::error::Kind::UnknownField(field, _) = &err.kind {
-        key = if key.is_empty() { field.clone() } else { format!("{key}.{field}") };
+        if !key.ends_with(field.as_str()) {
+            key = if key.is_empty() { field.clone() } else { format!("{key}.{field}") };
+        }
         return ConfigError { key, problem: "unknown key; check its spelling".into() };
     }
     if key.is_empty() {
@@ -470,5 +472,62 @@ mod humantime_serde_compat {
             })
             .transpose()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figment_with_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut result = None;
+        figment::Jail::expect_with(|jail| {
+            for (name, value) in vars {
+                jail.set_env(name, value);
+            }
+            let figment = Figment::from(Serialized::defaults(Config::default())).merge(ward_env());
+            result = Some(Config::from_figment(figment));
+            Ok(())
+        });
+        result.expect("jail ran")
+    }
+
+    #[test]
+    fn env_variables_set_nested_keys() {
+        let config = figment_with_env(&[
+            ("WARD_LISTEN", "127.0.0.1:9000"),
+            ("WARD_LIMITS__MAX_FRAME_BYTES", "2048"),
+            ("WARD_DRAIN__DELAY", "1s"),
+        ])
+        .unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.limits.max_frame_bytes, 2048);
+        assert_eq!(config.drain.delay, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn kubernetes_service_variables_are_ignored() {
+        let config =
+            figment_with_env(&[("WARD_SERVICE_HOST", "10.0.0.1"), ("WARD_PORT", "tcp://x")]);
+        assert!(config.is_ok(), "{config:?}");
+    }
+
+    #[test]
+    fn errors_name_the_dotted_key() {
+        let err = figment_with_env(&[("WARD_LIMITS__MAX_FRAME_BYTES", "abc")]).unwrap_err();
+        assert_eq!(err.key, "limits.max_frame_bytes");
+        let err = figment_with_env(&[("WARD_LIMITS__NOPE", "1")]).unwrap_err();
+        assert_eq!(err.key, "limits.nope");
+        let err = figment_with_env(&[("WARD_DRAIN__DELAY", "soon")]).unwrap_err();
+        assert_eq!(err.key, "drain.delay");
+    }
+
+    #[test]
+    fn open_mode_is_refused_off_loopback() {
+        let err = figment_with_env(&[("WARD_LISTEN", "0.0.0.0:8080")]).unwrap_err();
+        assert_eq!(err.key, "auth.mode");
+        let allowed =
+            figment_with_env(&[("WARD_LISTEN", "0.0.0.0:8080"), ("WARD_AUTH__ALLOW_OPEN", "true")]);
+        assert!(allowed.is_ok());
     }
 }

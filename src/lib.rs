@@ -7,7 +7,8 @@
 //! - [`protocol`]: client and server frames, error and close codes; no I/O.
 //! - [`http`]: router, WebSocket upgrade, probes, metrics, browser client.
 //! - [`session`]: one connection: hello, limits, frames, writes.
-//! - [`auth`]: identities and room access.
+//! - [`auth`]: identities and room access; [`jwt`] verifies tokens.
+//! - [`expiry`]: warns and closes connections whose token runs out.
 //! - [`rooms`]: who is in which room on this pod; fan-out.
 //! - [`outbox`]: a connection's bounded outbound queue.
 //! - [`broker`]: the seam to storage, presence and pub/sub.
@@ -19,7 +20,9 @@
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod expiry;
 pub mod http;
+pub mod jwt;
 pub mod logging;
 pub mod metrics;
 pub mod outbox;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use ward::config::{Config, EXIT_CONFIG};
-use ward::server::Server;
+use ward::server::{Server, StartError};
 
 const USAGE: &str = "usage: ward [--config FILE]\n\
     Configuration: defaults, then FILE (or WARD_CONFIG), then WARD_* variables.\n\
@@ -26,6 +26,10 @@ async fn main() -> ExitCode {
 
     let server = match Server::start(config).await {
         Ok(server) => server,
+        Err(StartError::Config(problem)) => {
+            tracing::error!(error = %problem, "cannot start");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
         Err(err) => {
             tracing::error!(error = %err, "cannot start");
             return ExitCode::FAILURE;

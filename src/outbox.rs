@@ -27,6 +27,8 @@ pub enum Outbound {
         /// Id and publish time when it is a `new_message`.
         message: Option<MessageMark>,
     },
+    /// A frame for this connection alone, such as a token-expiry warning.
+    Notice(Utf8Bytes),
     /// A WebSocket ping, to find dead peers.
     Ping,
 }
@@ -192,6 +194,7 @@ mod tests {
             .iter()
             .map(|o| match o {
                 Outbound::Event { frame, .. } => frame.as_str().to_string(),
+                Outbound::Notice(frame) => frame.as_str().to_string(),
                 Outbound::Ping => "ping".into(),
             })
             .collect();

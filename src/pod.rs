@@ -9,8 +9,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Verifier;
 use crate::broker::{Broker, ConnId};
 use crate::config::Config;
+use crate::expiry::Expiries;
 use crate::metrics::Metrics;
 use crate::outbox::{CloseRequest, Outbox};
 use crate::protocol::close;
@@ -29,6 +31,10 @@ pub struct Pod {
     pub rooms: Arc<Rooms>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Token checks in jwt mode; `None` in open mode.
+    pub verifier: Option<Arc<Verifier>>,
+    /// Token lifetimes of open connections.
+    pub expiries: Arc<Expiries>,
     /// Open connections, for pings and the drain.
     connections: Mutex<HashMap<ConnId, Arc<Outbox>>>,
     /// Source of connection numbers.
@@ -56,6 +62,8 @@ impl Pod {
             broker,
             rooms,
             metrics,
+            verifier: None,
+            expiries: Arc::new(Expiries::default()),
             connections: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             draining: AtomicBool::new(false),
@@ -63,6 +71,12 @@ impl Pod {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Checks tokens with this verifier (jwt mode).
+    pub fn with_verifier(mut self, verifier: Option<Arc<Verifier>>) -> Self {
+        self.verifier = verifier;
+        self
     }
 
     /// Registers a new connection and returns its number.
@@ -75,6 +89,7 @@ impl Pod {
 
     /// Forgets a closed connection.
     pub fn unregister(&self, id: ConnId) {
+        self.expiries.forget(id);
         let removed = self.connections.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         if removed.is_some() {
             self.metrics.connections.dec();

@@ -10,7 +10,8 @@ use tokio::task::JoinHandle;
 
 use crate::broker::memory::MemoryBroker;
 use crate::broker::{Broker, EventSink};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use crate::jwt::Verifier;
 use crate::metrics::Metrics;
 use crate::pod::Pod;
 use crate::rooms::Rooms;
@@ -32,6 +33,9 @@ pub enum StartError {
         /// The operating system's reason.
         source: std::io::Error,
     },
+    /// The configuration is unusable (exit code 78).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The broker could not be set up.
     #[error("broker: {0}")]
     Broker(String),
@@ -54,13 +58,15 @@ impl Server {
             .local_addr()
             .map_err(|source| StartError::Bind { addr: config.listen, source })?;
 
+        let verifier = Verifier::from_config(config.auth.mode, &config.auth.jwt)?;
         let metrics = Arc::new(Metrics::new());
         let rooms = Arc::new(Rooms::new(metrics.clone()));
         let broker = build_broker(&config, rooms.clone(), metrics.clone()).await?;
         metrics.broker_up.set(i64::from(broker.health().up));
-        let pod = Arc::new(Pod::new(config, broker, rooms, metrics));
+        let pod = Arc::new(Pod::new(config, broker, rooms, metrics).with_verifier(verifier));
 
         tokio::spawn(pod.clone().run_heartbeat());
+        tokio::spawn(pod.expiries.clone().run(pod.shutdown.clone()));
         let serving = tokio::spawn(serve(listener, pod.clone()));
         tracing::info!(addr = %addr, node.id = %pod.config.node_id, broker = pod.broker.health().kind, "serving");
         Ok(Server { addr, pod, serving })

@@ -51,6 +51,9 @@ async fn run(pod: Arc<Pod>, mut socket: WebSocket) {
     span.record("conn.id", conn);
     span.record("user.id", &*identity.user.id);
 
+    if let Some(exp) = identity.expires_at {
+        pod.expiries.watch(conn, exp, &outbox);
+    }
     let mut session = Session::new(pod.clone(), conn, identity, outbox);
     let end = session.welcome_and_loop(&mut socket).await;
 
@@ -106,7 +109,7 @@ async fn greet(pod: &Pod, socket: &mut WebSocket) -> Result<Identity, CloseReque
     };
     pod.metrics.frames_received.with_label_values(&["hello"]).inc();
 
-    auth::identify(&pod.config, hello).map_err(|err| match err {
+    auth::identify(pod.verifier.as_deref(), hello).map_err(|err| match err {
         HelloError::Malformed(_) => closing(close::PROTOCOL, "invalid hello", "protocol"),
         HelloError::Unauthorized(cause) => {
             tracing::warn!(cause = %cause, "hello refused");
@@ -316,6 +319,7 @@ impl Session {
             for frame in batch {
                 let message = match frame {
                     Outbound::Ping => WsMessage::Ping(Default::default()),
+                    Outbound::Notice(frame) => WsMessage::Text(frame.clone()),
                     Outbound::Event { room, frame, message } => {
                         if !self.wants(room, message.as_ref()) {
                             continue;

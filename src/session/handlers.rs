@@ -84,7 +84,9 @@ impl Session {
             ClientFrame::MarkRead { up_to, .. } if protocol::parse_id(up_to).is_none() => {
                 bad("`up_to` is not a message id")
             }
-            ClientFrame::Refresh { .. } => bad("refresh needs auth.mode = \"jwt\""),
+            ClientFrame::Refresh { .. } if self.pod.verifier.is_none() => {
+                bad("refresh is only used with auth.mode = \"jwt\"")
+            }
             _ => Ok(()),
         }
     }
@@ -111,7 +113,8 @@ impl Session {
                 self.acknowledge(socket, &room, &id, reference).await
             }
             ClientFrame::MarkRead { room, up_to } => self.mark_read(room.into(), &up_to).await,
-            ClientFrame::Hello(_) | ClientFrame::Refresh { .. } => Ok(()),
+            ClientFrame::Refresh { token } => self.refresh(socket, &token, reference).await,
+            ClientFrame::Hello(_) => Ok(()),
         };
         match result {
             Ok(()) => Ok(()),
@@ -330,6 +333,37 @@ impl Session {
             let ts = crate::broker::now_ms();
             self.announce(&room, ServerFrame::ReadReceipt { room: &room, user, up_to, ts }).await?;
         }
+        Ok(())
+    }
+}
+
+impl Session {
+    /// Replaces the connection's token with a fresh one for the same user.
+    async fn refresh(
+        &mut self,
+        socket: &mut WebSocket,
+        token: &str,
+        reference: Option<&Ref>,
+    ) -> Result<(), Step> {
+        let refused = || Refusal::new(ErrorCode::Unauthorized, "token refused");
+        let verifier = self.pod.verifier.as_ref().ok_or_else(refused)?;
+        let fresh = verifier.verify(token).map_err(|cause| {
+            tracing::warn!(cause = %cause, "refresh refused");
+            refused()
+        })?;
+        if fresh.user.id != self.identity.user.id {
+            tracing::warn!("refresh refused: token is for another user");
+            return Err(refused().into());
+        }
+
+        match fresh.expires_at {
+            Some(exp) => self.pod.expiries.watch(self.conn, exp, &self.outbox),
+            None => self.pod.expiries.forget(self.conn),
+        }
+        // Limitation: rooms joined under the old token stay joined even if the
+        // new token no longer lists them; the new rooms apply to later frames.
+        self.identity = fresh;
+        self.reply(socket, ServerFrame::Ack { reference, id: None, ts: None }).await?;
         Ok(())
     }
 }
