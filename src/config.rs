@@ -476,6 +476,7 @@ mod humantime_serde_compat {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

@@ -36,8 +36,8 @@ pub async fn serve(pod: Arc<Pod>, socket: WebSocket) {
 }
 
 async fn run(pod: Arc<Pod>, mut socket: WebSocket) {
-    let identity = match greet(&pod, &mut socket).await {
-        Ok(identity) => identity,
+    let (identity, reference) = match greet(&pod, &mut socket).await {
+        Ok(greeted) => greeted,
         Err(request) => {
             pod.metrics.connections_closed.with_label_values(&[request.label]).inc();
             say_goodbye(&mut socket, request).await;
@@ -55,7 +55,7 @@ async fn run(pod: Arc<Pod>, mut socket: WebSocket) {
         pod.expiries.watch(conn, exp, &outbox);
     }
     let mut session = Session::new(pod.clone(), conn, identity, outbox);
-    let end = session.welcome_and_loop(&mut socket).await;
+    let end = session.welcome_and_loop(&mut socket, reference.as_ref()).await;
 
     session.leave_all().await;
     pod.unregister(conn);
@@ -91,7 +91,7 @@ const fn closing(code: u16, reason: &'static str, label: &'static str) -> CloseR
 }
 
 /// Waits for `hello` and proves the identity in it.
-async fn greet(pod: &Pod, socket: &mut WebSocket) -> Result<Identity, CloseRequest> {
+async fn greet(pod: &Pod, socket: &mut WebSocket) -> Result<(Identity, Option<Ref>), CloseRequest> {
     let limits = &pod.config.limits;
     let first = match timeout(limits.hello_timeout, socket.recv()).await {
         Err(_) => return Err(closing(close::HELLO_TIMEOUT, "no hello in time", "hello_timeout")),
@@ -103,19 +103,20 @@ async fn greet(pod: &Pod, socket: &mut WebSocket) -> Result<Identity, CloseReque
     let WsMessage::Text(text) = first else {
         return Err(closing(close::PROTOCOL, "first frame must be a hello", "protocol"));
     };
-    let hello = match protocol::decode(&text) {
-        Ok((ClientFrame::Hello(hello), _)) => hello,
+    let (hello, reference) = match protocol::decode(&text) {
+        Ok((ClientFrame::Hello(hello), reference)) => (hello, reference),
         _ => return Err(closing(close::PROTOCOL, "first frame must be a hello", "protocol")),
     };
     pod.metrics.frames_received.with_label_values(&["hello"]).inc();
 
-    auth::identify(pod.verifier.as_deref(), hello).map_err(|err| match err {
+    let identity = auth::identify(pod.verifier.as_deref(), hello).map_err(|err| match err {
         HelloError::Malformed(_) => closing(close::PROTOCOL, "invalid hello", "protocol"),
         HelloError::Unauthorized(cause) => {
             tracing::warn!(cause = %cause, "hello refused");
             closing(close::UNAUTHORIZED, "unauthorized", "unauthorized")
         }
-    })
+    })?;
+    Ok((identity, reference))
 }
 
 /// The close a read error earns: 1009 for an oversized frame.
@@ -176,10 +177,10 @@ impl Session {
     }
 
     /// Sends `welcome`, then serves frames until the connection ends.
-    async fn welcome_and_loop(&mut self, socket: &mut WebSocket) -> End {
+    async fn welcome_and_loop(&mut self, socket: &mut WebSocket, reference: Option<&Ref>) -> End {
         let conn = format!("{}-{}", self.pod.config.node_id, self.conn);
         let welcome = ServerFrame::Welcome {
-            reference: None,
+            reference,
             conn: &conn,
             user: &self.identity.user,
             node: &self.pod.config.node_id,

@@ -37,8 +37,8 @@ struct RoomState {
     last_id: (u64, u64),
     /// Present users, in order of arrival.
     members: Vec<User>,
-    /// Recent `client_msg_id`s and the message id they got.
-    dedup: HashMap<String, (String, Instant)>,
+    /// Recent `client_msg_id`s and the message each one stored.
+    dedup: HashMap<String, (Message, Instant)>,
     /// Read marks by user id: the user, the id as numbers, the id as sent.
     reads: HashMap<Arc<str>, (User, (u64, u64), String)>,
 }
@@ -83,10 +83,12 @@ impl RoomState {
         }
     }
 
-    /// The id a `client_msg_id` got, if it was used within the window.
-    fn remembered(&mut self, client_msg_id: &str) -> Option<String> {
+    /// The message a `client_msg_id` stored, if it was used within the
+    /// window; kept here so a retry is answered even after trimming.
+    fn remembered(&mut self, client_msg_id: &str) -> Option<Message> {
         self.dedup.retain(|_, (_, at)| at.elapsed() < DEDUP_WINDOW);
-        self.dedup.get(client_msg_id).map(|(id, _)| id.clone())
+        let (first, _) = self.dedup.get(client_msg_id)?;
+        Some(self.history.iter().rev().find(|m| m.id == first.id).unwrap_or(first).clone())
     }
 
     fn find(&mut self, id: &str) -> Option<&mut Message> {
@@ -117,18 +119,15 @@ impl Broker for MemoryBroker {
         let state = rooms.entry(draft.room.as_str().into()).or_default();
 
         let client_msg_id = draft.client_msg_id.take();
-        if let Some(key) = &client_msg_id
-            && let Some(first_id) = state.remembered(key)
-            && let Some(first) = state.find(&first_id)
-        {
-            return Ok(Published { message: first.clone(), duplicate: true });
+        if let Some(first) = client_msg_id.as_deref().and_then(|key| state.remembered(key)) {
+            return Ok(Published { message: first, duplicate: true });
         }
 
         let ts = now_ms();
         let id = state.next_id(ts);
         let message = message_from(draft, id, ts);
         if let Some(key) = client_msg_id {
-            state.dedup.insert(key, (message.id.clone(), Instant::now()));
+            state.dedup.insert(key, (message.clone(), Instant::now()));
         }
         state.store(message.clone(), self.max_len);
 
