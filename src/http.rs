@@ -37,6 +37,8 @@ pub fn router(pod: Arc<Pod>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/rooms/{room}/messages", axum::routing::post(crate::api::publish))
+        .layer(axum::extract::DefaultBodyLimit::max(pod.config.limits.max_frame_bytes))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(pod)
 }

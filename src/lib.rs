@@ -6,6 +6,7 @@
 //! - [`config`]: layered configuration (defaults, TOML, `WARD_*`).
 //! - [`protocol`]: client and server frames, error and close codes; no I/O.
 //! - [`http`]: router, WebSocket upgrade, probes, metrics, browser client.
+//! - [`api`]: the publish API for hospital systems.
 //! - [`session`]: one connection: hello, limits, frames, writes.
 //! - [`auth`]: identities and room access; [`jwt`] verifies tokens.
 //! - [`expiry`]: warns and closes connections whose token runs out.
@@ -17,6 +18,7 @@
 //! - [`server`]: start, serve, drain.
 //! - [`logging`]: tracing subscriber set-up.
 
+pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
