@@ -193,7 +193,8 @@ async fn send_message_is_acked_and_delivered_to_every_connection_in_the_room() {
         client.join(ROOM).await;
     }
 
-    let frame = json!({"type": "send_message", "room": ROOM, "text": "bed 4 needs help", "ref": "c1"});
+    let frame =
+        json!({"type": "send_message", "room": ROOM, "text": "bed 4 needs help", "ref": "c1"});
     alice.send(frame).await;
     let ack = alice.recv_type("ack").await;
     assert_eq!(ack["ref"], "c1");
@@ -219,7 +220,8 @@ async fn urgent_priority_is_kept_in_the_message() {
     let pod = TestPod::open().await;
     let mut alice = pod.client("alice").await;
     alice.join(ROOM).await;
-    let frame = json!({"type": "send_message", "room": ROOM, "text": "code blue", "priority": "urgent"});
+    let frame =
+        json!({"type": "send_message", "room": ROOM, "text": "code blue", "priority": "urgent"});
     alice.request_ok(frame, "ack").await;
     let delivered = alice.recv_type("new_message").await;
     assert_eq!(delivered["message"]["priority"], "urgent");
@@ -233,7 +235,8 @@ async fn retry_with_the_same_client_msg_id_gets_the_same_id_and_no_second_delive
     alice.join(ROOM).await;
     bob.join(ROOM).await;
 
-    let frame = json!({"type": "send_message", "room": ROOM, "text": "once", "client_msg_id": "u-1"});
+    let frame =
+        json!({"type": "send_message", "room": ROOM, "text": "once", "client_msg_id": "u-1"});
     alice.send(frame.clone()).await;
     alice.send(frame).await;
     let seen_by_alice = alice.sync().await;
@@ -354,8 +357,11 @@ async fn user_joined_and_room_info_update_go_to_the_others_only() {
     bob.join(ROOM).await;
 
     let joined = alice.recv_type("user_joined").await;
-    assert_eq!(joined, json!({"type": "user_joined", "room": ROOM,
-        "user": {"id": "bob", "name": "Bob Stone"}}));
+    assert_eq!(
+        joined,
+        json!({"type": "user_joined", "room": ROOM,
+        "user": {"id": "bob", "name": "Bob Stone"}})
+    );
     let info = alice.recv_type("room_info_update").await;
     assert_eq!(info, json!({"type": "room_info_update", "room": ROOM, "member_count": 2}));
 
@@ -377,8 +383,11 @@ async fn user_left_goes_to_the_others_on_leave_and_on_close() {
 
     bob.leave(ROOM).await;
     let left = alice.recv_type("user_left").await;
-    assert_eq!(left, json!({"type": "user_left", "room": ROOM,
-        "user": {"id": "bob", "name": "bob"}}));
+    assert_eq!(
+        left,
+        json!({"type": "user_left", "room": ROOM,
+        "user": {"id": "bob", "name": "bob"}})
+    );
     let info = alice.recv_type("room_info_update").await;
     assert_eq!(info["member_count"], 2);
     let seen = bob.sync().await;
@@ -438,7 +447,8 @@ async fn a_retry_is_deduplicated_even_after_history_trimmed_the_first_message() 
     let mut alice = pod.client("alice").await;
     alice.join(ROOM).await;
 
-    let frame = json!({"type": "send_message", "room": ROOM, "text": "once", "client_msg_id": "u-1"});
+    let frame =
+        json!({"type": "send_message", "room": ROOM, "text": "once", "client_msg_id": "u-1"});
     let first = alice.request_ok(frame.clone(), "ack").await;
     say_many(&mut alice, ROOM, "later", 3).await;
     alice.sync().await;

@@ -98,10 +98,7 @@ impl TestPod {
     /// Waits until the metric `name` satisfies `ok`; returns its value.
     pub async fn wait_metric(&self, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
         let what = format!("metric {name} to reach the expected value");
-        eventually(&what, || async {
-            self.metric(name).await.filter(|v| ok(*v))
-        })
-        .await
+        eventually(&what, || async { self.metric(name).await.filter(|v| ok(*v)) }).await
     }
 }
 
@@ -315,8 +312,8 @@ impl Client {
     /// Closes the connection normally and waits for the server's answer.
     pub async fn close(mut self) {
         let _ = timeout(DEADLINE, self.socket.close(None)).await;
-        let _ = timeout(DEADLINE, async { while let Some(Ok(_)) = self.socket.next().await {} })
-            .await;
+        let _ =
+            timeout(DEADLINE, async { while let Some(Ok(_)) = self.socket.next().await {} }).await;
     }
 }
 
