@@ -52,17 +52,17 @@ pub async fn publish(
     };
     let draft = match draft(&pod, room, request) {
         Ok(draft) => draft,
-        Err(answer) => return answer,
+        Err((status, message)) => return problem(status, &message),
     };
 
     let room = draft.room.clone();
     match tokio::time::timeout(BROKER_DEADLINE, pod.broker.publish(draft)).await {
         Ok(Ok(published)) => {
+            let message = &published.message;
             if !published.duplicate {
                 pod.metrics.messages_published.inc();
+                crate::audit::record(&pod, "message_posted", &room, &message.id, &message.from.id);
             }
-            let message = &published.message;
-            tracing::info!(room = %room, message.id = %message.id, "message posted through the API");
             (StatusCode::CREATED, Json(json!({ "id": message.id, "ts": message.ts })))
                 .into_response()
         }
@@ -74,9 +74,9 @@ pub async fn publish(
     }
 }
 
-/// Checks the request and turns it into a draft, or the answer refusing it.
-fn draft(pod: &Pod, room: String, request: PublishRequest) -> Result<Draft, Response> {
-    let invalid = |text: &str| Err(problem(StatusCode::BAD_REQUEST, text));
+/// Checks the request and turns it into a draft, or says why it is refused.
+fn draft(pod: &Pod, room: String, request: PublishRequest) -> Result<Draft, (StatusCode, String)> {
+    let invalid = |text: &str| Err((StatusCode::BAD_REQUEST, text.to_string()));
     if !protocol::is_valid_name(&room) {
         return invalid("room names are 1 to 64 of A-Z a-z 0-9 . _ : -");
     }
@@ -94,10 +94,10 @@ fn draft(pod: &Pod, room: String, request: PublishRequest) -> Result<Draft, Resp
     let limit = pod.config.limits.max_text_chars;
     if request.text.chars().count() > limit {
         let text = format!("text is longer than {limit} characters");
-        return Err(problem(StatusCode::PAYLOAD_TOO_LARGE, &text));
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, text));
     }
     if protocol::direct_room_members(&room).is_some() {
-        return Err(problem(StatusCode::FORBIDDEN, "services may not post to direct rooms"));
+        return Err((StatusCode::FORBIDDEN, "services may not post to direct rooms".into()));
     }
 
     let needs_ack = request.needs_ack.unwrap_or(request.priority == Priority::Urgent);

@@ -7,6 +7,7 @@
 //! encoded, so each event is serialised once per pod.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -145,6 +146,13 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Read marks of the given users in the room.
     async fn reads(&self, room: &str, users: &[User]) -> Result<Vec<ReadMark>, BrokerError>;
+
+    /// Claims the `needs_ack` messages whose deadline passed with no
+    /// acknowledgement. Each is returned once, to one pod of all. A broker
+    /// that keeps no deadlines escalates nothing.
+    async fn claim_overdue(&self, _now_ms: i64) -> Result<Vec<Message>, BrokerError> {
+        Ok(Vec::new())
+    }
 
     /// Starts receiving the room's events (its first local member joined).
     async fn subscribe(&self, room: &str) -> Result<(), BrokerError>;

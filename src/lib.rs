@@ -7,6 +7,8 @@
 //! - [`protocol`]: client and server frames, error and close codes; no I/O.
 //! - [`http`]: router, WebSocket upgrade, probes, metrics, browser client.
 //! - [`api`]: the publish API for hospital systems.
+//! - [`escalation`]: `ack_overdue` and the webhook for unacknowledged messages.
+//! - [`audit`]: the audit trail of who did what to which message.
 //! - [`session`]: one connection: hello, limits, frames, writes.
 //! - [`auth`]: identities and room access; [`jwt`] verifies tokens.
 //! - [`expiry`]: warns and closes connections whose token runs out.
@@ -19,9 +21,11 @@
 //! - [`logging`]: tracing subscriber set-up.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod escalation;
 pub mod expiry;
 pub mod http;
 pub mod jwt;

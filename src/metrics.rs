@@ -39,6 +39,10 @@ pub struct Metrics {
     pub rate_limited_frames: IntCounter,
     /// 1 while the pod drains.
     pub draining: IntGauge,
+    /// Messages that passed their acknowledgement deadline unacknowledged.
+    pub escalations: IntCounter,
+    /// Escalation webhook attempts that failed.
+    pub webhook_failures: IntCounter,
 }
 
 /// Latency buckets from 0.5 ms to 5 s.
@@ -116,6 +120,16 @@ impl Metrics {
             )
             .unwrap(),
             draining: IntGauge::new("ward_draining", "1 while this pod drains.").unwrap(),
+            escalations: IntCounter::new(
+                "ward_escalations_total",
+                "Messages that passed their acknowledgement deadline unacknowledged.",
+            )
+            .unwrap(),
+            webhook_failures: IntCounter::new(
+                "ward_webhook_failures_total",
+                "Escalation webhook attempts that failed.",
+            )
+            .unwrap(),
             registry,
         };
         metrics.register_all();
@@ -138,6 +152,8 @@ impl Metrics {
             Box::new(self.slow_consumer_closes.clone()),
             Box::new(self.rate_limited_frames.clone()),
             Box::new(self.draining.clone()),
+            Box::new(self.escalations.clone()),
+            Box::new(self.webhook_failures.clone()),
             Box::new(build_info()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];

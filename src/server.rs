@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, EventSink};
 use crate::config::{Config, ConfigError};
 use crate::jwt::Verifier;
@@ -67,6 +68,7 @@ impl Server {
 
         tokio::spawn(pod.clone().run_heartbeat());
         tokio::spawn(pod.expiries.clone().run(pod.shutdown.clone()));
+        tokio::spawn(crate::escalation::run(pod.clone()));
         let serving = tokio::spawn(serve(listener, pod.clone()));
         tracing::info!(addr = %addr, node.id = %pod.config.node_id, broker = pod.broker.health().kind, "serving");
         Ok(Server { addr, pod, serving })
@@ -123,13 +125,14 @@ async fn serve(listener: TcpListener, pod: Arc<Pod>) {
 async fn build_broker(
     config: &Config,
     rooms: Arc<Rooms>,
-    _metrics: Arc<Metrics>,
+    metrics: Arc<Metrics>,
 ) -> Result<Arc<dyn Broker>, StartError> {
     let sink: Arc<dyn EventSink> = rooms;
     match &config.redis.url {
         None => Ok(Arc::new(MemoryBroker::new(config.history.max_len, sink))),
-        Some(_) => Err(StartError::Broker(
-            "the Redis broker is not part of this build; unset redis.url to use the in-process broker".into(),
-        )),
+        Some(_) => {
+            let broker = RedisBroker::connect(config, sink, metrics).await;
+            Ok(Arc::new(broker.map_err(StartError::Broker)?))
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The in-process broker: one pod, no Redis. Rooms, history, presence and
 //! read marks live in memory and vanish with the process.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,8 @@ const DEDUP_WINDOW: Duration = Duration::from_secs(600);
 pub struct MemoryBroker {
     /// All rooms, behind one lock: calls are short and never await inside.
     rooms: Mutex<HashMap<Arc<str>, RoomState>>,
+    /// Unacknowledged `needs_ack` messages by deadline: room and id.
+    deadlines: Mutex<BTreeMap<(i64, String), Arc<str>>>,
     /// Messages kept per room.
     max_len: usize,
     /// Where events go.
@@ -46,7 +48,7 @@ struct RoomState {
 impl MemoryBroker {
     /// A broker keeping `max_len` messages a room, delivering to `sink`.
     pub fn new(max_len: usize, sink: Arc<dyn EventSink>) -> Self {
-        Self { rooms: Mutex::new(HashMap::new()), max_len, sink }
+        Self { rooms: Mutex::new(HashMap::new()), deadlines: Mutex::default(), max_len, sink }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, RoomState>> {
@@ -130,6 +132,10 @@ impl Broker for MemoryBroker {
             state.dedup.insert(key, (message.clone(), Instant::now()));
         }
         state.store(message.clone(), self.max_len);
+        if let Some(deadline) = message.deadline {
+            let mut deadlines = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
+            deadlines.insert((deadline, message.id.clone()), message.room.as_str().into());
+        }
 
         // Delivered under the lock, so every member sees the room's order.
         let mark = MessageMark { id, published_at: ts };
@@ -258,6 +264,22 @@ impl Broker for MemoryBroker {
             .filter_map(|u| state.reads.get(&u.id))
             .map(|(user, _, up_to)| ReadMark { user: user.clone(), up_to: up_to.clone() })
             .collect())
+    }
+
+    async fn claim_overdue(&self, now_ms: i64) -> Result<Vec<Message>, BrokerError> {
+        let due = {
+            let mut deadlines = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
+            let later = deadlines.split_off(&(now_ms + 1, String::new()));
+            std::mem::replace(&mut *deadlines, later)
+        };
+
+        let mut rooms = self.lock();
+        let overdue = due
+            .into_iter()
+            .filter_map(|((_, id), room)| rooms.get_mut(&room)?.find(&id).cloned())
+            .filter(|m| m.acknowledged_by.as_ref().is_none_or(Vec::is_empty))
+            .collect();
+        Ok(overdue)
     }
 
     async fn subscribe(&self, _room: &str) -> Result<(), BrokerError> {

@@ -277,10 +277,17 @@ impl Session {
         };
 
         let published = self.broker("publish", self.pod.broker.publish(draft)).await?;
+        let message: &Message = &published.message;
         if !published.duplicate {
             self.pod.metrics.messages_published.inc();
+            crate::audit::record(
+                &self.pod,
+                "message_sent",
+                &message.room,
+                &message.id,
+                &message.from.id,
+            );
         }
-        let message: &Message = &published.message;
         let ack = ServerFrame::Ack { reference, id: Some(&message.id), ts: Some(message.ts) };
         self.reply(socket, ack).await?;
         Ok(())
@@ -321,6 +328,7 @@ impl Session {
     ) -> Result<(), Step> {
         let user = &self.identity.user;
         self.broker("acknowledge", self.pod.broker.acknowledge(room, id, user)).await?;
+        crate::audit::record(&self.pod, "message_acknowledged", room, id, &user.id);
         self.reply(socket, ServerFrame::Ack { reference, id: None, ts: None }).await?;
         Ok(())
     }
