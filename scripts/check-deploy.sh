@@ -172,6 +172,7 @@ chart_checks() {
     check "chart renders and lints strictly: $name" \
       "$PY" scripts/check_chart.py render "$values" "$WORK/rendered/$name"
   done
+  check "values.yaml documents every key with # --" "$PY" scripts/check_chart.py documented
   check "chart defaults keep their invariants" \
     "$PY" scripts/check_chart.py invariants "$WORK/rendered/default"
   check "PrometheusRule embeds the promtool-tested rules" \

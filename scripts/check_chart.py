@@ -5,6 +5,8 @@
   check_chart.py reject VALUES                  the chart must refuse VALUES
   check_chart.py invariants OUTDIR              rules every rendering keeps
   check_chart.py rules OUTDIR                   PrometheusRule == files/ rules
+  check_chart.py config OUTDIR                  print the rendered ward.toml
+  check_chart.py documented                     every values key has `# --`
   check_chart.py boot OUTDIR BINARY REDIS_URL PEM
                                                 Ward starts and gets ready with
                                                 the rendered config and env
@@ -294,7 +296,38 @@ def cmd_boot(outdir, binary, redis_url, pem):
     print(f"ward is ready with the config rendered in {outdir}")
 
 
-COMMANDS = {"render": cmd_render, "reject": cmd_reject, "invariants": cmd_invariants,
+KEY_LINE = re.compile(r"^( *)([A-Za-z_][\w.-]*):(.*)$")
+
+
+def undocumented_keys(lines):
+    """Leaf keys with no `# --` comment on themselves or on a parent key."""
+    stack, doc, missing = [], False, []
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            doc = doc or stripped.startswith("# --")
+            continue
+        match = KEY_LINE.match(line)
+        if match:
+            indent, key, rest = len(match[1]), match[2], match[3].strip()
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            documented = doc or any(d for _, _, d in stack)
+            if rest and not rest.startswith("#") and not documented:
+                missing.append(f"line {number}: {'.'.join([k for _, k, _ in stack] + [key])}")
+            stack.append((indent, key, documented))
+        doc = False
+    return missing
+
+
+def cmd_documented():
+    missing = undocumented_keys((CHART / "values.yaml").read_text().splitlines())
+    if missing:
+        fail("values.yaml keys without a `# --` comment: " + ", ".join(missing))
+    print("every key of values.yaml is documented")
+
+
+COMMANDS = {"documented": cmd_documented, "render": cmd_render, "reject": cmd_reject, "invariants": cmd_invariants,
             "config": cmd_config, "rules": cmd_rules, "boot": cmd_boot}
 
 if __name__ == "__main__":
