@@ -27,9 +27,11 @@ pub const DEADLINE: Duration = Duration::from_secs(5);
 /// A configuration for tests: open mode on a free loopback port, no drain
 /// pauses, and rate limits high enough that only rate-limit tests meet them.
 pub fn open_config() -> Config {
-    let mut config = Config::default();
-    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.node_id = "test-pod".into();
+    let mut config = Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        node_id: "test-pod".into(),
+        ..Config::default()
+    };
     config.drain.delay = Duration::ZERO;
     config.drain.spread = Duration::ZERO;
     config.limits.messages_per_sec = 100_000.0;
