@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::broker::memory::MemoryBroker;
@@ -22,6 +23,8 @@ use crate::rooms::Rooms;
 const SOCKET_SEND_BUFFER: usize = 32 * 1024;
 /// Kernel receive buffer of a client socket.
 const SOCKET_RECV_BUFFER: usize = 16 * 1024;
+/// Pause after a failed accept.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Why a pod could not start.
 #[derive(Debug, thiserror::Error)]
@@ -99,25 +102,52 @@ impl Server {
     }
 }
 
-/// Serves HTTP on the listener with small socket buffers and no Nagle delay.
+/// Accepts connections until shutdown; each is served on its own task.
 async fn serve(listener: TcpListener, pod: Arc<Pod>) {
-    let listener = listener.tap_io(|tcp| {
-        let socket = socket2::SockRef::from(&*tcp);
-        if let Err(err) = tcp
-            .set_nodelay(true)
-            .and_then(|()| socket.set_send_buffer_size(SOCKET_SEND_BUFFER))
-            .and_then(|()| socket.set_recv_buffer_size(SOCKET_RECV_BUFFER))
-        {
-            tracing::debug!(error = %err, "socket options not set");
+    let app = crate::http::router(pod.clone());
+    loop {
+        let accepted = tokio::select! {
+            _ = pod.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, _peer)) => {
+                tune_socket(&tcp);
+                tokio::spawn(serve_connection(tcp, app.clone(), pod.config.limits.hello_timeout));
+            }
+            Err(err) => {
+                // Out of file descriptors, most likely: pause instead of spinning.
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
         }
-    });
-    let shutdown = pod.shutdown.clone();
-    let app = crate::http::router(pod);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    }
+}
+
+/// Small kernel buffers, since sockets are many, and no Nagle delay.
+fn tune_socket(tcp: &TcpStream) {
+    let socket = socket2::SockRef::from(tcp);
+    let tuned = tcp
+        .set_nodelay(true)
+        .and_then(|()| socket.set_send_buffer_size(SOCKET_SEND_BUFFER))
+        .and_then(|()| socket.set_recv_buffer_size(SOCKET_RECV_BUFFER));
+    if let Err(err) = tuned {
+        tracing::debug!(error = %err, "socket options not set");
+    }
+}
+
+/// Serves HTTP/1.1 on one connection; a request head that is not complete
+/// within `head_timeout` closes it, so idle half-open requests cost nothing.
+async fn serve_connection(tcp: TcpStream, app: axum::Router, head_timeout: std::time::Duration) {
+    let service = TowerToHyperService::new(app);
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout)
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades()
         .await;
     if let Err(err) = served {
-        tracing::error!(error = %err, "HTTP server stopped");
+        tracing::debug!(error = %err, "HTTP connection ended with an error");
     }
 }
 

@@ -92,8 +92,7 @@ const fn closing(code: u16, reason: &'static str, label: &'static str) -> CloseR
 
 /// Waits for `hello` and proves the identity in it.
 async fn greet(pod: &Pod, socket: &mut WebSocket) -> Result<(Identity, Option<Ref>), CloseRequest> {
-    let limits = &pod.config.limits;
-    let first = match timeout(limits.hello_timeout, socket.recv()).await {
+    let first = match timeout(pod.config.limits.hello_timeout, first_data_frame(socket)).await {
         Err(_) => return Err(closing(close::HELLO_TIMEOUT, "no hello in time", "hello_timeout")),
         Ok(None) => return Err(closing(close::NORMAL, "", "client_gone")),
         Ok(Some(Err(err))) => return Err(read_error(&err)),
@@ -117,6 +116,16 @@ async fn greet(pod: &Pod, socket: &mut WebSocket) -> Result<(Identity, Option<Re
         }
     })?;
     Ok((identity, reference))
+}
+
+/// The first frame that is not a ping or pong (those are answered below us).
+async fn first_data_frame(socket: &mut WebSocket) -> Option<Result<WsMessage, axum::Error>> {
+    loop {
+        match socket.recv().await? {
+            Ok(WsMessage::Ping(_) | WsMessage::Pong(_)) => continue,
+            other => return Some(other),
+        }
+    }
 }
 
 /// The close a read error earns: 1009 for an oversized frame.
