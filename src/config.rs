@@ -140,6 +140,14 @@ pub struct LimitsConfig {
     /// Time allowed before `hello`; then close 4408. Default 10 s.
     #[serde(with = "humantime_serde_compat")]
     pub hello_timeout: Duration,
+    /// Rooms one connection may be in at once. Default 100.
+    pub max_rooms_per_connection: usize,
+    /// Open connections of one user on one pod; more close with 4429. Default 20.
+    pub max_connections_per_user: usize,
+    /// Shortest interval between two typing events of a connection in a room.
+    /// Default 1 s.
+    #[serde(with = "humantime_serde_compat")]
+    pub typing_interval: Duration,
 }
 
 /// Drain settings.
@@ -251,6 +259,9 @@ impl Default for LimitsConfig {
             burst: 40.0,
             outbound_queue: 1024,
             hello_timeout: Duration::from_secs(10),
+            max_rooms_per_connection: 100,
+            max_connections_per_user: 20,
+            typing_interval: Duration::from_secs(1),
         }
     }
 }
@@ -357,6 +368,12 @@ impl Config {
         }
         if self.limits.max_text_chars == 0 {
             return bad("limits.max_text_chars", "must be at least 1");
+        }
+        if self.limits.max_rooms_per_connection == 0 {
+            return bad("limits.max_rooms_per_connection", "must be at least 1");
+        }
+        if self.limits.max_connections_per_user == 0 {
+            return bad("limits.max_connections_per_user", "must be at least 1");
         }
         if self.limits.outbound_queue < 8 {
             return bad("limits.outbound_queue", "must be at least 8");

@@ -21,6 +21,15 @@ use crate::rooms::Rooms;
 /// How often the pod pings every connection; two missed pings close it.
 pub const PING_INTERVAL: Duration = Duration::from_secs(15);
 
+/// The open connections of a pod.
+#[derive(Default)]
+struct Connections {
+    /// Each connection's outbox, by number.
+    by_id: HashMap<ConnId, Arc<Outbox>>,
+    /// Open connections per user id.
+    per_user: HashMap<Arc<str>, u32>,
+}
+
 /// Shared state of one pod.
 pub struct Pod {
     /// The configuration it was started with.
@@ -35,8 +44,8 @@ pub struct Pod {
     pub verifier: Option<Arc<Verifier>>,
     /// Token lifetimes of open connections.
     pub expiries: Arc<Expiries>,
-    /// Open connections, for pings and the drain.
-    connections: Mutex<HashMap<ConnId, Arc<Outbox>>>,
+    /// Open connections, for pings, the drain and the per-user limit.
+    connections: Mutex<Connections>,
     /// Source of connection numbers.
     next_conn: AtomicU64,
     /// Set at the start of a drain: `/readyz` answers 503.
@@ -64,7 +73,7 @@ impl Pod {
             metrics,
             verifier: None,
             expiries: Arc::new(Expiries::default()),
-            connections: Mutex::new(HashMap::new()),
+            connections: Mutex::default(),
             next_conn: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             refusing: AtomicBool::new(false),
@@ -79,26 +88,42 @@ impl Pod {
         self
     }
 
-    /// Registers a new connection and returns its number.
-    pub fn register(&self, outbox: Arc<Outbox>) -> ConnId {
+    /// Registers a new connection of `user` and returns its number, or
+    /// `None` when the user already has `limits.max_connections_per_user`.
+    pub fn register(&self, user: &Arc<str>, outbox: Arc<Outbox>) -> Option<ConnId> {
+        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let per_user = connections.per_user.entry(user.clone()).or_insert(0);
+        if *per_user as usize >= self.config.limits.max_connections_per_user {
+            return None;
+        }
+        *per_user += 1;
+
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        self.connections.lock().unwrap_or_else(|p| p.into_inner()).insert(id, outbox);
+        connections.by_id.insert(id, outbox);
         self.metrics.connections.inc();
-        id
+        Some(id)
     }
 
-    /// Forgets a closed connection.
-    pub fn unregister(&self, id: ConnId) {
+    /// Forgets a closed connection of `user`.
+    pub fn unregister(&self, id: ConnId, user: &str) {
         self.expiries.forget(id);
-        let removed = self.connections.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-        if removed.is_some() {
-            self.metrics.connections.dec();
+        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        if connections.by_id.remove(&id).is_none() {
+            return;
+        }
+        self.metrics.connections.dec();
+        if let Some(count) = connections.per_user.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                connections.per_user.remove(user);
+            }
         }
     }
 
     /// A snapshot of the open connections.
     fn snapshot(&self) -> Vec<Arc<Outbox>> {
-        self.connections.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        let connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        connections.by_id.values().cloned().collect()
     }
 
     /// Whether the pod is draining.

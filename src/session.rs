@@ -46,7 +46,17 @@ async fn run(pod: Arc<Pod>, mut socket: WebSocket) {
     };
 
     let outbox = Outbox::new(pod.config.limits.outbound_queue);
-    let conn = pod.register(outbox.clone());
+    let Some(conn) = pod.register(&identity.user.id, outbox.clone()) else {
+        const TOO_MANY: CloseRequest = CloseRequest {
+            code: close::RATE_LIMITED,
+            reason: "too many connections",
+            label: "rate_limited",
+        };
+        tracing::warn!(user.id = %identity.user.id, "connection refused: too many for this user");
+        pod.metrics.connections_closed.with_label_values(&[TOO_MANY.label]).inc();
+        say_goodbye(&mut socket, TOO_MANY).await;
+        return;
+    };
     let span = tracing::Span::current();
     span.record("conn.id", conn);
     span.record("user.id", &*identity.user.id);
@@ -58,7 +68,7 @@ async fn run(pod: Arc<Pod>, mut socket: WebSocket) {
     let end = session.welcome_and_loop(&mut socket, reference.as_ref()).await;
 
     session.leave_all().await;
-    pod.unregister(conn);
+    pod.unregister(conn, &session.identity.user.id);
     pod.metrics.connections_closed.with_label_values(&[end.label()]).inc();
     match end {
         End::Close(request) => {
@@ -159,6 +169,8 @@ async fn say_goodbye(socket: &mut WebSocket, request: CloseRequest) {
 struct Joined {
     /// Newest message id sent in `room_joined`; older live copies are skipped.
     watermark: Option<(u64, u64)>,
+    /// When this connection last announced typing here, and what.
+    last_typing: Option<(Instant, bool)>,
 }
 
 /// Token bucket of client frames.

@@ -7,6 +7,7 @@
 //! Each pod holds one command connection ([`link`]), one pub/sub connection
 //! ([`subscriber`]) and a presence sweep ([`presence`]).
 
+mod deadlines;
 mod envelope;
 mod keys;
 mod link;
@@ -228,8 +229,10 @@ impl Broker for RedisBroker {
         if let Some(client_msg_id) = &client_msg_id {
             call.key(keys.retry(client_msg_id));
         }
+        let deadline = message.deadline.map(|d| d.to_string()).unwrap_or_default();
         call.arg(shared.max_len).arg(json).arg(message.ts);
         call.arg(shared.publish_command()).arg(RETRY_WINDOW_SECS);
+        call.arg(deadline).arg(shared.deadlines_in_script()).arg(&message.room);
         let (id, stored, acks, retried): (String, String, String, i64) =
             shared.link.run(|mut conn| async move { call.invoke_async(&mut conn).await }).await?;
 
@@ -238,6 +241,9 @@ impl Broker for RedisBroker {
             return Ok(Published { message: first, duplicate: true });
         }
         message.id = id;
+        if let (true, Some(deadline)) = (shared.cluster, message.deadline) {
+            shared.record_deadline(&message.room, &message.id, deadline).await;
+        }
         Ok(Published { message, duplicate: false })
     }
 
@@ -311,9 +317,9 @@ impl Broker for RedisBroker {
         match outcome.as_str() {
             "ok" | "again" => Ok(()),
             "missing" => Err(no_such()),
-            "no_ack" => Err(BrokerError::BadRequest(
-                "this message does not need acknowledgement".into(),
-            )),
+            "no_ack" => {
+                Err(BrokerError::BadRequest("this message does not need acknowledgement".into()))
+            }
             "own" => Err(BrokerError::Forbidden("you cannot acknowledge your own message".into())),
             other => Err(BrokerError::Unavailable(format!("acknowledge answered {other:?}"))),
         }
@@ -347,6 +353,10 @@ impl Broker for RedisBroker {
             .zip(marks)
             .filter_map(|(user, up_to)| Some(ReadMark { user: user.clone(), up_to: up_to? }))
             .collect())
+    }
+
+    async fn claim_overdue(&self, now_ms: i64) -> Result<Vec<Message>, BrokerError> {
+        self.shared.claim_overdue(now_ms).await
     }
 
     async fn subscribe(&self, room: &str) -> Result<(), BrokerError> {

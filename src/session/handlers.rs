@@ -11,9 +11,6 @@ use crate::protocol::{
     self, ClientFrame, Draft, ErrorCode, Message, Priority, Ref, SendMessage, ServerFrame,
 };
 
-/// Rooms one connection may be in at once.
-pub const MAX_ROOMS_PER_CONNECTION: usize = 100;
-
 impl Session {
     /// Checks a frame in the order `bad_request`, `too_large`, `forbidden`,
     /// `not_in_room`; the rate limit comes after these.
@@ -66,7 +63,7 @@ impl Session {
             }
             ClientFrame::JoinRoom { room, .. }
                 if !self.rooms.contains_key(room.as_str())
-                    && self.rooms.len() >= MAX_ROOMS_PER_CONNECTION =>
+                    && self.rooms.len() >= self.pod.config.limits.max_rooms_per_connection =>
             {
                 bad("this connection is in too many rooms; leave one first")
             }
@@ -173,7 +170,7 @@ impl Session {
         let user = self.identity.user.clone();
         let local = self.pod.rooms.join(room, self.conn, &user.id, &self.outbox);
         // Until `room_joined` is sent, live messages wait in the queue.
-        self.rooms.insert(room.clone(), Joined { watermark: None });
+        self.rooms.insert(room.clone(), Joined { watermark: None, last_typing: None });
 
         let entered = async {
             if local.room_edge {
@@ -293,8 +290,19 @@ impl Session {
         Ok(())
     }
 
-    /// Tells the room's other connections that this user types.
+    /// Tells the room's other connections that this user types; repeats
+    /// within `limits.typing_interval` are dropped, changes always pass.
     async fn typing(&mut self, room: Arc<str>, active: bool) -> Result<(), Step> {
+        let interval = self.pod.config.limits.typing_interval;
+        let now = tokio::time::Instant::now();
+        if let Some(joined) = self.rooms.get_mut(&room) {
+            let repeat =
+                joined.last_typing.is_some_and(|(at, was)| was == active && now - at < interval);
+            if repeat {
+                return Ok(());
+            }
+            joined.last_typing = Some((now, active));
+        }
         let user = &self.identity.user;
         self.announce(&room, ServerFrame::Typing { room: &room, user, active }).await?;
         Ok(())

@@ -12,7 +12,7 @@ use crate::broker::{ConnId, MessageMark};
 use crate::protocol::parse_id;
 
 /// The decoded header of an envelope.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub(super) enum Header<'a> {
     /// A stored message.
     Message(MessageMark),
@@ -56,7 +56,7 @@ mod tests {
     fn an_event_envelope_round_trips() {
         let payload = Bytes::from(event("pod-a", Some(7), r#"{"type":"typing"}"#));
         let (header, frame) = decode(&payload).unwrap();
-        assert_eq!(header, Header::Event { node: "pod-a", conn: 7 });
+        assert!(matches!(header, Header::Event { node: "pod-a", conn: 7 }), "{header:?}");
         assert_eq!(frame.as_str(), r#"{"type":"typing"}"#);
     }
 

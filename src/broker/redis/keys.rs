@@ -63,6 +63,11 @@ impl RoomKeys {
     }
 }
 
+/// Sorted set of every room's acknowledgement deadlines (its own slot).
+pub(super) fn deadlines(prefix: &str) -> String {
+    format!("{{{prefix}}}:deadlines")
+}
+
 /// The room a channel name belongs to, under `prefix`.
 pub(super) fn room_of_channel<'a>(prefix: &str, channel: &'a str) -> Option<&'a str> {
     let rest = channel.strip_prefix('{')?.strip_prefix(prefix)?.strip_prefix(':')?;

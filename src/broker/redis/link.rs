@@ -154,7 +154,8 @@ impl Link {
     /// Classifies a failed call; a broken single connection is dropped and
     /// the broker counts as down until the probe reconnects.
     fn failed(&self, err: &redis::RedisError) -> BrokerError {
-        let broken = err.is_io_error() || err.is_connection_dropped() || err.is_unrecoverable_error();
+        let broken =
+            err.is_io_error() || err.is_connection_dropped() || err.is_unrecoverable_error();
         if broken && matches!(self.target, Target::Single(_)) {
             self.set_current(None);
             self.set_up(false);

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use redis::{Cmd, Pipeline, ScriptInvocation};
 use tokio_util::sync::CancellationToken;
 
@@ -67,13 +68,22 @@ impl Shared {
         self.presence_ttl / 6
     }
 
+    /// Keys of the presence scripts: entries, users, counts, channel.
+    fn presence_keys(&self, room: &str) -> [String; 4] {
+        let keys = self.keys(room);
+        [keys.presence(), keys.users(), keys.counts(), keys.channel()]
+    }
+
+    /// First arguments of the presence scripts (see `presence_lib.lua`).
+    fn presence_args(&self, room: &str) -> [String; 4] {
+        let lifetime = self.entry_lifetime().as_millis().to_string();
+        [self.publish_command().into(), room.into(), lifetime, self.node.to_string()]
+    }
+
     /// A presence script call with the room's keys and the common arguments.
     fn presence_call<'a>(&self, script: &'a redis::Script, room: &str) -> ScriptInvocation<'a> {
-        let keys = self.keys(room);
         let mut call = script.prepare_invoke();
-        call.key(keys.presence()).key(keys.users()).key(keys.counts()).key(keys.channel());
-        call.arg(self.publish_command()).arg(room);
-        call.arg(self.entry_lifetime().as_millis() as u64).arg(&*self.node);
+        call.key(&self.presence_keys(room)[..]).arg(&self.presence_args(room)[..]);
         call
     }
 
@@ -158,19 +168,21 @@ impl Shared {
         } else {
             self.sweep_batch(&rooms).await?
         };
-        for (room, users) in rooms.iter().zip(missing) {
+        for ((room, _), users) in rooms.iter().zip(missing) {
             self.restore(room, users).await;
         }
         Ok(())
     }
 
-    /// The sweep call of one room.
+    /// The sweep call of one room, by hash (pipelines load it first).
     fn sweep_command(&self, room: &str, users: &[Arc<str>]) -> Cmd {
-        let mut call = self.presence_call(&self.scripts.presence_sweep, room);
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha.arg(self.scripts.presence_sweep.get_hash()).arg(4);
+        evalsha.arg(&self.presence_keys(room)[..]).arg(&self.presence_args(room)[..]);
         for user in users {
-            call.arg(&**user);
+            evalsha.arg(&**user);
         }
-        call.eval_cmd()
+        evalsha
     }
 
     /// One pipeline for all rooms (one Redis server).
@@ -192,21 +204,18 @@ impl Shared {
         &self,
         rooms: &[(Arc<str>, Vec<Arc<str>>)],
     ) -> Result<Vec<Vec<String>>, BrokerError> {
-        let calls = rooms.iter().map(|(room, users)| {
+        let mut calls: Vec<BoxFuture<'_, Result<(Vec<String>,), BrokerError>>> = Vec::new();
+        for (room, users) in rooms {
             let mut pipe = Pipeline::with_capacity(2);
             pipe.cmd("SCRIPT").arg("LOAD").arg(PRESENCE_SWEEP).ignore();
             pipe.add_command(self.sweep_command(room, users));
-            async move {
-                let answer: Result<(Vec<String>,), BrokerError> = self
-                    .link
-                    .run(|mut conn| async move { pipe.query_async(&mut conn).await })
-                    .await;
-                answer.map(|(missing,)| missing)
-            }
-        });
+            calls.push(Box::pin(
+                self.link.run(|mut conn| async move { pipe.query_async(&mut conn).await }),
+            ));
+        }
         let answers: Vec<_> =
             futures_util::stream::iter(calls).buffered(CLUSTER_SWEEP_CONCURRENCY).collect().await;
-        answers.into_iter().collect()
+        answers.into_iter().map(|answer| answer.map(|(missing,)| missing)).collect()
     }
 
     /// Brings back this pod's entries that the sweep found missing, for the

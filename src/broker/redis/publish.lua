@@ -3,7 +3,10 @@
 -- KEYS: 1 stream, 2 newest trimmed id, 3 acknowledgements, 4 channel,
 --       5 client_msg_id key (optional).
 -- ARGV: 1 history length, 2 MESSAGE JSON with an empty id (it starts with
---       {"id":""), 3 ts, 4 publish command, 5 client_msg_id lifetime (s).
+--       {"id":""), 3 ts, 4 publish command, 5 client_msg_id lifetime (s),
+--       6 acknowledgement deadline (ms) or '', 7 deadlines key or '' (one
+--       server only: in a cluster it lives in another slot, and the caller
+--       records the deadline itself), 8 room.
 -- Returns {id, stored JSON, acknowledgements, 1} for a retried
 -- client_msg_id whose message is still stored, else {id, '', '', 0}.
 local stream, trimmed, acks, channel, retry = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -21,6 +24,9 @@ end
 local id = redis.call('XADD', stream, '*', 'm', ARGV[2])
 if retry then
   redis.call('SET', retry, id, 'EX', ARGV[5])
+end
+if ARGV[6] ~= '' and ARGV[7] ~= '' then
+  redis.call('ZADD', ARGV[7], ARGV[6], ARGV[8] .. '|' .. id)
 end
 
 -- Exact trimming, remembering the newest id removed (for `recovered`).

@@ -15,6 +15,8 @@ pub(super) struct Scripts {
     pub(super) read: Script,
     /// Record an acknowledgement and publish it.
     pub(super) acknowledge: Script,
+    /// Take the passed acknowledgement deadlines.
+    pub(super) claim_overdue: Script,
     /// Move a read mark forward.
     pub(super) mark_read: Script,
     /// A user's entry on this pod begins.
@@ -34,6 +36,7 @@ impl Scripts {
             publish: Script::new(include_str!("publish.lua")),
             read: Script::new(include_str!("read.lua")),
             acknowledge: Script::new(include_str!("acknowledge.lua")),
+            claim_overdue: Script::new(include_str!("claim_overdue.lua")),
             mark_read: Script::new(include_str!("mark_read.lua")),
             presence_add: Script::new(concat!(
                 include_str!("presence_lib.lua"),
