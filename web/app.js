@@ -17,6 +17,7 @@
   const BACKOFF_BASE_MS = 500;
   const BACKOFF_CAP_MS = 30000;
   const DRAIN_JITTER_MS = 1000;
+  const RATE_LIMITED_ATTEMPT = 4; // backoff after 4429 starts at up to 8 s
   const STABLE_AFTER_MS = 10000;
   const TYPING_THIN_MS = 3000;
   const TYPING_IDLE_MS = 5000;
@@ -157,7 +158,7 @@
     if (detail) box.title = detail;
     else box.removeAttribute('title');
     const canRetry = state.identity && (kind === 'reconnecting' || kind === 'offline');
-    $('retry-now').hidden = !canRetry || !state.timers.retry && kind !== 'offline';
+    $('retry-now').hidden = !canRetry || (!state.timers.retry && kind !== 'offline');
   }
 
   function showNotice(text) {
@@ -241,6 +242,10 @@
       setConn('offline', `Closed by the server (${why})`);
     } else if (code === 1012) {
       scheduleReconnect(Math.random() * DRAIN_JITTER_MS);
+    } else if (code === 4429) {
+      // Rate limited again and again: come back later, not at once.
+      state.attempt = Math.max(state.attempt, RATE_LIMITED_ATTEMPT);
+      scheduleReconnect(backoffDelay());
     } else {
       scheduleReconnect(backoffDelay());
     }
