@@ -176,24 +176,32 @@ async fn a_reader_that_stops_reading_is_closed_with_4409_and_others_keep_up() {
     reader.sync().await;
     let before = pod.metric("ward_slow_consumer_closes_total").await.unwrap_or(0.0);
 
-    // The reader keeps reading in its own task; `slow` is not read at all.
-    const COUNT: usize = 400;
+    // The reader keeps reading in its own task until the "end" message;
+    // `slow` is not read at all.
     let reading = tokio::spawn(async move {
         let mut ids = Vec::new();
-        while ids.len() < COUNT {
+        loop {
             let frame = reader.recv_type("new_message").await;
+            if frame["message"]["text"] == "end" {
+                return ids;
+            }
             ids.push(frame["message"]["id"].as_str().unwrap().to_string());
         }
-        ids
     });
+
+    // 2 KB messages, in rounds, until the slow reader's socket buffers and
+    // then its queue of 16 overflow.
     let padding = "x".repeat(2048);
     let mut sent = Vec::new();
-    for i in 0..COUNT {
-        let ack = sender.say(ROOM, &format!("{i:04} {padding}")).await;
-        sent.push(ack["id"].as_str().unwrap().to_string());
+    while pod.metric("ward_slow_consumer_closes_total").await.unwrap_or(0.0) <= before {
+        assert!(sent.len() < 5000, "5000 messages did not overflow a queue of 16");
+        for _ in 0..100 {
+            let ack = sender.say(ROOM, &format!("{:04} {padding}", sent.len())).await;
+            sent.push(ack["id"].as_str().unwrap().to_string());
+        }
     }
+    sender.say(ROOM, "end").await;
 
-    pod.wait_metric("ward_slow_consumer_closes_total", |v| v > before).await;
     let (code, _) = slow.expect_close().await;
     assert_eq!(code, 4409);
     let received = reading.await.expect("the reader task ends");
