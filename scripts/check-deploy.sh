@@ -305,7 +305,7 @@ image_checks() {
   CONTAINERS+=("$cid")
   check "container serves /readyz on 127.0.0.1" wait_http "http://127.0.0.1:$port/readyz" 200
   check "container runs as uid 65532" sh -c \
-    "podman top '$cid' user huser | tee /dev/stderr | awk 'NR > 1 && (\$1 != \"65532\" || \$2 != \"65532\") { bad = 1 } END { exit bad }'"
+    "podman top '$cid' user huser | tee /dev/stderr | awk 'NR > 1 && (\$1 != \"65532\" || \$2 != \"65532\") { bad = 1 } END { exit bad || NR < 2 }'"
   check "WebSocket exchange through the container" \
     "$PY" deploy/tests/ws_traffic.py --url "ws://127.0.0.1:$port/ws"
   check "container drains on SIGTERM and exits 0" sh -c "
