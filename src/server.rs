@@ -159,7 +159,11 @@ async fn build_broker(
 ) -> Result<Arc<dyn Broker>, StartError> {
     let sink: Arc<dyn EventSink> = rooms;
     match &config.redis.url {
-        None => Ok(Arc::new(MemoryBroker::new(config.history.max_len, sink))),
+        None => {
+            let broker = MemoryBroker::new(config.history.max_len, sink)
+                .with_max_age(config.history.max_age);
+            Ok(Arc::new(broker))
+        }
         Some(_) => {
             let broker = RedisBroker::connect(config, sink, metrics).await;
             Ok(Arc::new(broker.map_err(StartError::Broker)?))

@@ -24,6 +24,8 @@ pub struct MemoryBroker {
     deadlines: Mutex<BTreeMap<(i64, String), Arc<str>>>,
     /// Messages kept per room.
     max_len: usize,
+    /// Messages older than this are dropped (`history.max_age`).
+    max_age: Option<Duration>,
     /// Where events go.
     sink: Arc<dyn EventSink>,
 }
@@ -48,7 +50,29 @@ struct RoomState {
 impl MemoryBroker {
     /// A broker keeping `max_len` messages a room, delivering to `sink`.
     pub fn new(max_len: usize, sink: Arc<dyn EventSink>) -> Self {
-        Self { rooms: Mutex::new(HashMap::new()), deadlines: Mutex::default(), max_len, sink }
+        Self {
+            rooms: Mutex::new(HashMap::new()),
+            deadlines: Mutex::default(),
+            max_len,
+            max_age: None,
+            sink,
+        }
+    }
+
+    /// Drops messages older than `max_age` from history.
+    pub fn with_max_age(mut self, max_age: Option<Duration>) -> Self {
+        self.max_age = max_age;
+        self
+    }
+
+    /// Locks the rooms after removing the room's messages past `history.max_age`.
+    fn lock_fresh(&self, room: &str) -> MutexGuard<'_, HashMap<Arc<str>, RoomState>> {
+        let mut rooms = self.lock();
+        if let (Some(max_age), Some(state)) = (self.max_age, rooms.get_mut(room)) {
+            let oldest_kept = now_ms() - i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+            state.forget_before(oldest_kept);
+        }
+        rooms
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, RoomState>> {
@@ -79,6 +103,15 @@ impl RoomState {
     fn store(&mut self, message: Message, max_len: usize) {
         self.history.push_back(message);
         while self.history.len() > max_len {
+            if let Some(oldest) = self.history.pop_front() {
+                self.trimmed_up_to = parse_id(&oldest.id);
+            }
+        }
+    }
+
+    /// Removes messages sent before `oldest_kept` (ms since the epoch).
+    fn forget_before(&mut self, oldest_kept: i64) {
+        while self.history.front().is_some_and(|m| m.ts < oldest_kept) {
             if let Some(oldest) = self.history.pop_front() {
                 self.trimmed_up_to = parse_id(&oldest.id);
             }
@@ -149,14 +182,14 @@ impl Broker for MemoryBroker {
     }
 
     async fn recent(&self, room: &str, limit: usize) -> Result<Vec<Message>, BrokerError> {
-        let rooms = self.lock();
+        let rooms = self.lock_fresh(room);
         let Some(state) = rooms.get(room) else { return Ok(Vec::new()) };
         let skip = state.history.len().saturating_sub(limit);
         Ok(state.history.iter().skip(skip).cloned().collect())
     }
 
     async fn since(&self, room: &str, since: (u64, u64)) -> Result<Page, BrokerError> {
-        let rooms = self.lock();
+        let rooms = self.lock_fresh(room);
         let Some(state) = rooms.get(room) else {
             return Ok(Page { messages: Vec::new(), flag: true });
         };
@@ -176,7 +209,7 @@ impl Broker for MemoryBroker {
         before: Option<(u64, u64)>,
         limit: usize,
     ) -> Result<Page, BrokerError> {
-        let rooms = self.lock();
+        let rooms = self.lock_fresh(room);
         let Some(state) = rooms.get(room) else { return Ok(Page::default()) };
         let older: Vec<&Message> = state
             .history
