@@ -1302,6 +1302,7 @@
       connect();
     });
     $('sign-out').addEventListener('click', onSignOut);
+    $('sign-out-narrow').addEventListener('click', onSignOut);
     $('rooms-toggle').addEventListener('click', (e) => toggleDrawer(e.currentTarget, 'show-sidebar'));
     $('people-toggle').addEventListener('click', (e) => toggleDrawer(e.currentTarget, 'show-presence'));
     document.addEventListener('keydown', (e) => {
