@@ -25,10 +25,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest wait for one call; sessions give up at 3 s.
 pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Where the connection goes.
+/// Where the connection goes (boxed: both clients are large).
 enum Target {
-    Single(redis::Client),
-    Cluster(ClusterClient),
+    Single(Box<redis::Client>),
+    Cluster(Box<ClusterClient>),
 }
 
 /// A connection to one server or to a cluster; cheap to clone.
@@ -88,9 +88,10 @@ impl Link {
                 .response_timeout(CALL_TIMEOUT)
                 .retries(2)
                 .build();
-            Target::Cluster(client.map_err(|e| format!("redis.url: {e}"))?)
+            Target::Cluster(Box::new(client.map_err(|e| format!("redis.url: {e}"))?))
         } else {
-            Target::Single(redis::Client::open(url).map_err(|e| format!("redis.url: {e}"))?)
+            let client = redis::Client::open(url).map_err(|e| format!("redis.url: {e}"))?;
+            Target::Single(Box::new(client))
         };
         Ok(Self {
             target,

@@ -20,14 +20,17 @@ use crate::protocol::User;
 /// Rooms swept at once in cluster mode, where each room is its own call.
 const CLUSTER_SWEEP_CONCURRENCY: usize = 16;
 
+/// A room's users on this pod, by id.
+type LocalUsers = HashMap<Arc<str>, User>;
+
 /// This pod's users, by room: the entries the sweep keeps alive.
 #[derive(Default)]
 pub(super) struct LocalPresence {
-    rooms: Mutex<HashMap<Arc<str>, HashMap<Arc<str>, User>>>,
+    rooms: Mutex<HashMap<Arc<str>, LocalUsers>>,
 }
 
 impl LocalPresence {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, HashMap<Arc<str>, User>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, LocalUsers>> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
