@@ -75,13 +75,17 @@ async fn run(pod: Arc<Pod>, mut socket: WebSocket) {
             info!(code = request.code, reason = request.label, "connection closed by pod");
             say_goodbye(&mut socket, request).await;
         }
-        End::ClientGone => debug!("connection closed by client"),
+        End::ClientClosed | End::ClientGone => {
+            debug!(reason = end.label(), "connection closed by client")
+        }
     }
 }
 
 /// How a connection ended.
 enum End {
-    /// The client closed or vanished.
+    /// The client sent a close frame.
+    ClientClosed,
+    /// The client vanished without a close frame.
     ClientGone,
     /// The pod closes it with this code.
     Close(CloseRequest),
@@ -90,6 +94,7 @@ enum End {
 impl End {
     fn label(&self) -> &'static str {
         match self {
+            End::ClientClosed => "normal",
             End::ClientGone => "client_gone",
             End::Close(request) => request.label,
         }
@@ -257,7 +262,7 @@ impl Session {
                 );
                 self.reply(socket, error).await
             }
-            WsMessage::Close(_) => Err(End::ClientGone),
+            WsMessage::Close(_) => Err(End::ClientClosed),
             WsMessage::Ping(_) | WsMessage::Pong(_) => Ok(()),
         }
     }
