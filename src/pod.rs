@@ -88,30 +88,29 @@ impl Pod {
         self
     }
 
-    /// Registers a new connection of `user` and returns its number, or
-    /// `None` when the user already has `limits.max_connections_per_user`.
-    pub fn register(&self, user: &Arc<str>, outbox: Arc<Outbox>) -> Option<ConnId> {
-        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        let per_user = connections.per_user.entry(user.clone()).or_insert(0);
-        if *per_user as usize >= self.config.limits.max_connections_per_user {
-            return None;
-        }
-        *per_user += 1;
-
+    /// Registers a new connection (from the upgrade on) and returns its number.
+    pub fn register(&self, outbox: Arc<Outbox>) -> ConnId {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        connections.by_id.insert(id, outbox);
+        self.lock_connections().by_id.insert(id, outbox);
         self.metrics.connections.inc();
-        Some(id)
+        id
     }
 
-    /// Forgets a closed connection of `user`.
-    pub fn unregister(&self, id: ConnId, user: &str) {
-        self.expiries.forget(id);
-        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        if connections.by_id.remove(&id).is_none() {
-            return;
+    /// Counts one more connection of `user`; false when the user already has
+    /// `limits.max_connections_per_user` on this pod.
+    pub fn admit_user(&self, user: &Arc<str>) -> bool {
+        let mut connections = self.lock_connections();
+        let count = connections.per_user.entry(user.clone()).or_insert(0);
+        if *count as usize >= self.config.limits.max_connections_per_user {
+            return false;
         }
-        self.metrics.connections.dec();
+        *count += 1;
+        true
+    }
+
+    /// Counts one connection of `user` less.
+    pub fn release_user(&self, user: &str) {
+        let mut connections = self.lock_connections();
         if let Some(count) = connections.per_user.get_mut(user) {
             *count -= 1;
             if *count == 0 {
@@ -120,10 +119,21 @@ impl Pod {
         }
     }
 
+    /// Forgets a closed connection.
+    pub fn unregister(&self, id: ConnId) {
+        self.expiries.forget(id);
+        if self.lock_connections().by_id.remove(&id).is_some() {
+            self.metrics.connections.dec();
+        }
+    }
+
+    fn lock_connections(&self) -> std::sync::MutexGuard<'_, Connections> {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// A snapshot of the open connections.
     fn snapshot(&self) -> Vec<Arc<Outbox>> {
-        let connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        connections.by_id.values().cloned().collect()
+        self.lock_connections().by_id.values().cloned().collect()
     }
 
     /// Whether the pod is draining.

@@ -36,39 +36,18 @@ pub async fn serve(pod: Arc<Pod>, socket: WebSocket) {
 }
 
 async fn run(pod: Arc<Pod>, mut socket: WebSocket) {
-    let (identity, reference) = match greet(&pod, &mut socket).await {
-        Ok(greeted) => greeted,
-        Err(request) => {
-            pod.metrics.connections_closed.with_label_values(&[request.label]).inc();
-            say_goodbye(&mut socket, request).await;
-            return;
-        }
-    };
-
     let outbox = Outbox::new(pod.config.limits.outbound_queue);
-    let Some(conn) = pod.register(&identity.user.id, outbox.clone()) else {
-        const TOO_MANY: CloseRequest = CloseRequest {
-            code: close::RATE_LIMITED,
-            reason: "too many connections",
-            label: "rate_limited",
-        };
-        tracing::warn!(user.id = %identity.user.id, "connection refused: too many for this user");
-        pod.metrics.connections_closed.with_label_values(&[TOO_MANY.label]).inc();
-        say_goodbye(&mut socket, TOO_MANY).await;
-        return;
+    let conn = pod.register(outbox.clone());
+    tracing::Span::current().record("conn.id", conn);
+
+    let end = match greet(&pod, &mut socket, &outbox).await {
+        Ok((identity, reference)) => {
+            serve_user(&pod, &mut socket, conn, outbox, identity, reference).await
+        }
+        Err(request) => end_for(request),
     };
-    let span = tracing::Span::current();
-    span.record("conn.id", conn);
-    span.record("user.id", &*identity.user.id);
 
-    if let Some(exp) = identity.expires_at {
-        pod.expiries.watch(conn, exp, &outbox);
-    }
-    let mut session = Session::new(pod.clone(), conn, identity, outbox);
-    let end = session.welcome_and_loop(&mut socket, reference.as_ref()).await;
-
-    session.leave_all().await;
-    pod.unregister(conn, &session.identity.user.id);
+    pod.unregister(conn);
     pod.metrics.connections_closed.with_label_values(&[end.label()]).inc();
     match end {
         End::Close(request) => {
@@ -79,6 +58,37 @@ async fn run(pod: Arc<Pod>, mut socket: WebSocket) {
             debug!(reason = end.label(), "connection closed by client")
         }
     }
+}
+
+/// Serves a connection whose `hello` was accepted, then leaves its rooms.
+async fn serve_user(
+    pod: &Arc<Pod>,
+    socket: &mut WebSocket,
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+    identity: Identity,
+    reference: Option<Ref>,
+) -> End {
+    const TOO_MANY: CloseRequest = CloseRequest {
+        code: close::RATE_LIMITED,
+        reason: "too many connections",
+        label: "rate_limited",
+    };
+    let user = identity.user.id.clone();
+    tracing::Span::current().record("user.id", &*user);
+    if !pod.admit_user(&user) {
+        tracing::warn!("connection refused: too many for this user");
+        return End::Close(TOO_MANY);
+    }
+    if let Some(exp) = identity.expires_at {
+        pod.expiries.watch(conn, exp, &outbox);
+    }
+
+    let mut session = Session::new(pod.clone(), conn, identity, outbox);
+    let end = session.welcome_and_loop(socket, reference.as_ref()).await;
+    session.leave_all().await;
+    pod.release_user(&user);
+    end
 }
 
 /// How a connection ended.
@@ -105,9 +115,19 @@ const fn closing(code: u16, reason: &'static str, label: &'static str) -> CloseR
     CloseRequest { code, reason, label }
 }
 
-/// Waits for `hello` and proves the identity in it.
-async fn greet(pod: &Pod, socket: &mut WebSocket) -> Result<(Identity, Option<Ref>), CloseRequest> {
-    let first = match timeout(pod.config.limits.hello_timeout, first_data_frame(socket)).await {
+/// Waits for `hello` and proves the identity in it; a drain that starts
+/// meanwhile ends the wait.
+async fn greet(
+    pod: &Pod,
+    socket: &mut WebSocket,
+    outbox: &Outbox,
+) -> Result<(Identity, Option<Ref>), CloseRequest> {
+    let waiting = timeout(pod.config.limits.hello_timeout, first_data_frame(socket));
+    let first = tokio::select! {
+        request = close_request(outbox) => return Err(request),
+        first = waiting => first,
+    };
+    let first = match first {
         Err(_) => return Err(closing(close::HELLO_TIMEOUT, "no hello in time", "hello_timeout")),
         Ok(None) => return Err(closing(close::NORMAL, "", "client_gone")),
         Ok(Some(Err(err))) => return Err(read_error(&err)),
@@ -131,6 +151,16 @@ async fn greet(pod: &Pod, socket: &mut WebSocket) -> Result<(Identity, Option<Re
         }
     })?;
     Ok((identity, reference))
+}
+
+/// Resolves when the pod asks the connection to close.
+async fn close_request(outbox: &Outbox) -> CloseRequest {
+    loop {
+        if let Some(request) = outbox.close_requested() {
+            return request;
+        }
+        outbox.woken().await;
+    }
 }
 
 /// The first frame that is not a ping or pong (those are answered below us).
