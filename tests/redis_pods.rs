@@ -513,3 +513,36 @@ async fn acknowledgements_and_read_marks_are_shared_by_pods() {
     let joined = alice.join(ROOM).await;
     assert_eq!(joined["reads"], json!([{"user": {"id": "bob", "name": "bob"}, "up_to": id}]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overdue_message_is_announced_once_across_pods() {
+    const ROOM: &str = "icu-10";
+    let redis = RedisServer::start();
+    let pods = start_pods(&redis.url(), &["pod-a", "pod-b"]).await;
+    let mut alice = pods[0].client("alice").await;
+    alice.join(ROOM).await;
+    let mut bob = pods[1].client("bob").await;
+    bob.join(ROOM).await;
+
+    let urgent = |text: &str| {
+        json!({"type": "send_message", "room": ROOM, "text": text, "priority": "urgent",
+            "ack_deadline": "1s"})
+    };
+    let handled = alice.request_ok(urgent("handled"), "ack").await["id"].clone();
+    let ignored = alice.request_ok(urgent("ignored"), "ack").await["id"].clone();
+    bob.request_ok(json!({"type": "acknowledge_message", "room": ROOM, "id": handled}), "ack")
+        .await;
+
+    let frames =
+        frames_until(&mut bob, Duration::from_secs(4), |f| f["type"] == "ack_overdue").await;
+    assert_eq!(frames.last().unwrap()["id"], ignored);
+
+    // Once claimed, no pod can claim it again; nothing else becomes overdue.
+    eventually("the deadline to be claimed", || async {
+        (redis.cli(&["ZCARD", "{ward-test}:deadlines"]).trim() == "0").then_some(())
+    })
+    .await;
+    let frames = frames_up_to_marker(&mut alice, &mut bob, ROOM).await;
+    let overdue = support::of_type(&frames, "ack_overdue");
+    assert!(overdue.is_empty(), "announced once, the acknowledged one never: {overdue:?}");
+}

@@ -36,6 +36,9 @@ impl Shared {
 
     /// Takes the deadlines that passed and returns their messages that are
     /// still unacknowledged.
+    ///
+    /// Limitation: a pod that stops between this claim and its escalation
+    /// takes that escalation with it; no other pod will claim it again.
     pub(super) async fn claim_overdue(&self, now_ms: i64) -> Result<Vec<Message>, BrokerError> {
         let key = deadlines(&self.prefix);
         let mut call = self.scripts.claim_overdue.prepare_invoke();
