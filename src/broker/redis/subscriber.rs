@@ -19,7 +19,7 @@ use redis::{
     AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, RedisResult,
     Value,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +32,9 @@ use crate::protocol::{ServerFrame, parse_id};
 
 /// Messages read from the stream at once when filling a gap.
 const FILL_BATCH: usize = 500;
+/// How often an idle pub/sub connection to one server is pinged, to find a
+/// connection that died without a word (a vanished host sends no reset).
+const HEARTBEAT: Duration = Duration::from_secs(5);
 /// First and longest pause between reconnection attempts.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
 
@@ -242,8 +245,18 @@ impl Shared {
                 Ok(Ok((conn, pushes))) => {
                     backoff = BACKOFF.0;
                     warned = false;
+                    // A cluster watches its own connections: its sender
+                    // stays here, unused, while the pushes are pumped.
+                    let (dead_tx, dead) = oneshot::channel();
+                    let _unused = match &conn {
+                        PubConn::Single(conn) => {
+                            tokio::spawn(heartbeat(conn.clone(), dead_tx));
+                            None
+                        }
+                        PubConn::Cluster(_) => Some(dead_tx),
+                    };
                     self.resubscribe(conn).await;
-                    if let Pumped::Stopped = self.pump(pushes, &mut refill, &stop).await {
+                    if let Pumped::Stopped = self.pump(pushes, dead, &mut refill, &stop).await {
                         return;
                     }
                     self.subs.set_current(None);
@@ -292,12 +305,14 @@ impl Shared {
     async fn pump(
         &self,
         mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+        mut dead: oneshot::Receiver<()>,
         refill: &mut mpsc::UnboundedReceiver<()>,
         stop: &CancellationToken,
     ) -> Pumped {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return Pumped::Stopped,
+                Ok(()) = &mut dead => return Pumped::Lost,
                 Some(()) = refill.recv() => self.fill_gaps().await,
                 push = pushes.recv() => match push {
                     None => return Pumped::Lost,
@@ -434,6 +449,23 @@ impl Shared {
             sub.gap = false;
         }
         true
+    }
+}
+
+/// Pings the connection every [`HEARTBEAT`]; says when a ping fails, and
+/// ends when nobody listens any more.
+async fn heartbeat(mut conn: MultiplexedConnection, mut dead: oneshot::Sender<()>) {
+    loop {
+        tokio::select! {
+            _ = dead.closed() => return,
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+        }
+        let ping = redis::cmd("PING");
+        if !matches!(timeout(CALL_TIMEOUT, ping.query_async::<()>(&mut conn)).await, Ok(Ok(()))) {
+            // The receiver may be gone already; then nothing is left to tell.
+            let _ignored = dead.send(());
+            return;
+        }
     }
 }
 
