@@ -196,17 +196,19 @@ impl Shared {
 
         // Messages up to here are the joining member's to read; the gap
         // after an outage is counted from the last one.
-        let newest = self.newest_id(room).await?;
-        if let Some(sub) = subs.lock().get_mut(room) {
-            sub.last = Some(sub.last.map_or(newest, |last| last.max(newest)));
-        }
-        let mut conn = subs.current().ok_or_else(unreachable)?;
-        let channel = self.keys(room).channel();
-        match timeout(CALL_TIMEOUT, conn.subscribe(vec![channel])).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(BrokerError::Unavailable(err.to_string())),
-            Err(_) => Err(BrokerError::Unavailable("subscribe timed out".into())),
-        }
+        let subscribing = async {
+            let newest = self.newest_id(room).await?;
+            if let Some(sub) = subs.lock().get_mut(room) {
+                sub.last = Some(sub.last.map_or(newest, |last| last.max(newest)));
+            }
+            let mut conn = subs.current().ok_or_else(unreachable)?;
+            let channel = self.keys(room).channel();
+            conn.subscribe(vec![channel]).await.map_err(|e| BrokerError::Unavailable(e.to_string()))
+        };
+        // Both steps together stay within one call's time.
+        timeout(CALL_TIMEOUT, subscribing)
+            .await
+            .unwrap_or_else(|_| Err(BrokerError::Unavailable("subscribe timed out".into())))
     }
 
     /// Stops receiving a room's events once no local member holds it.
