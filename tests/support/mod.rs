@@ -175,6 +175,43 @@ impl Client {
         self.send_message(Message::Ping(Vec::new().into())).await;
     }
 
+    /// Sends a `hello` with `token`; returns the `welcome`, or the close
+    /// code and reason when the pod refuses the token.
+    pub async fn hello_token(&mut self, token: &str) -> Result<Value, (u16, String)> {
+        self.send(json!({"type": "hello", "token": token})).await;
+        match self.next_frame(DEADLINE).await {
+            Ok(Some(frame)) => Ok(frame),
+            Ok(None) => panic!("no answer to hello within {DEADLINE:?}"),
+            Err(close) => Err(close),
+        }
+    }
+
+    /// Sends any WebSocket message as given, hand-made frames included.
+    pub async fn send_ws(&mut self, message: Message) {
+        self.send_message(message).await;
+    }
+
+    /// Like [`Client::send_ws`], but returns a failure instead of panicking
+    /// (the pod may already have closed the connection).
+    pub async fn try_send_ws(&mut self, message: Message) -> Result<(), String> {
+        match timeout(DEADLINE, self.socket.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("sending took longer than {DEADLINE:?}")),
+        }
+    }
+
+    /// Writes bytes straight to the TCP socket, beneath the WebSocket layer.
+    pub async fn write_raw(&mut self, bytes: &[u8]) {
+        let MaybeTlsStream::Plain(stream) = self.socket.get_mut() else {
+            panic!("raw writes need a plain TCP connection");
+        };
+        timeout(DEADLINE, stream.write_all(bytes))
+            .await
+            .expect("a raw write timed out")
+            .expect("a raw write failed");
+    }
+
     async fn send_message(&mut self, message: Message) {
         timeout(DEADLINE, self.socket.send(message))
             .await
@@ -358,6 +395,27 @@ impl HttpResponse {
 /// `GET path` over a fresh connection, HTTP/1.1 with `Connection: close`.
 pub async fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    http_exchange(addr, &request).await
+}
+
+/// `POST path` with a JSON `body` and extra `headers`, over a fresh
+/// connection with `Connection: close`.
+pub async fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpResponse {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
     http_exchange(addr, &request).await
 }
 
