@@ -152,6 +152,7 @@ async fn an_unacknowledged_message_is_overdue_once_within_2s_of_its_deadline() {
         seen.push(frame);
     };
     let late_by = now_ms() - ignored["deadline"].as_i64().expect("deadline");
+    assert!(late_by >= 0, "ack_overdue came {} ms before the deadline", -late_by);
     assert!(late_by <= 2000, "ack_overdue came {late_by} ms after the deadline");
     assert_eq!(overdue, json!({"type": "ack_overdue", "room": ROOM, "id": ignored["id"]}));
     seen.extend(bob.sync().await);
@@ -258,6 +259,9 @@ async fn the_webhook_gets_a_signed_post_retried_until_it_answers_2xx() {
     assert_eq!(body["from"], json!({"id": "alice", "name": "alice"}));
     assert_eq!(body["priority"], "urgent");
     assert_eq!(body["deadline"], message["deadline"]);
+    assert!(body.get("text").is_none(), "the webhook never carries the text: {body}");
+    let raw = String::from_utf8_lossy(&refused.body);
+    assert!(!raw.contains("check bed 4"), "the webhook never carries the text: {raw}");
     assert!(refused.header("content-type").is_some_and(|t| t.contains("json")));
 
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(b"s3cret").unwrap();
@@ -305,4 +309,103 @@ async fn mark_read_sends_receipts_to_the_others_and_ignores_older_marks() {
     let reads = joined["reads"].as_array().expect("room_joined has reads");
     let bob_read = reads.iter().find(|r| r["user"]["id"] == "bob").expect("bob's mark");
     assert_eq!(bob_read["up_to"], ids[2]);
+}
+
+#[tokio::test]
+async fn needs_ack_fields_appear_in_room_joined_and_history_with_the_default_deadline() {
+    let mut config = open_config();
+    config.escalation.default_deadline = std::time::Duration::from_secs(120);
+    let pod = TestPod::start(config).await;
+    let (mut alice, _bob) = alice_and_bob(&pod).await;
+    send(&mut alice, json!({"needs_ack": true, "ack_deadline": "90s"})).await;
+    send(&mut alice, json!({"priority": "urgent"})).await;
+    send(&mut alice, json!({})).await;
+
+    let mut carol = pod.client("carol").await;
+    let joined = carol.join(ROOM).await;
+    let history = carol.request_ok(json!({"type": "history", "room": ROOM}), "history").await;
+    for (place, messages) in
+        [("room_joined", &joined["messages"]), ("history", &history["messages"])]
+    {
+        let messages = messages.as_array().expect("messages");
+        assert_eq!(messages.len(), 3, "{place}: {messages:?}");
+        for (message, after) in [(&messages[0], 90_000), (&messages[1], 120_000)] {
+            assert_eq!(message["needs_ack"], true, "{place}: {message}");
+            let deadline = message["ts"].as_i64().map(|ts| ts + after);
+            assert_eq!(message["deadline"].as_i64(), deadline, "{place}: {message}");
+            assert_eq!(message["acknowledged_by"], json!([]), "{place}: {message}");
+        }
+        let plain = &messages[2];
+        assert!(plain.get("needs_ack").is_none_or(|v| v == false), "{place}: {plain}");
+        assert!(plain.get("deadline").is_none(), "{place}: {plain}");
+    }
+}
+
+#[tokio::test]
+async fn every_connection_gets_message_acknowledged_and_each_user_is_listed_once() {
+    let pod = TestPod::open().await;
+    let mut clients = Vec::new();
+    for user in ["alice", "bob", "bob", "carol"] {
+        let mut client = pod.client(user).await;
+        client.join(ROOM).await;
+        clients.push(client);
+    }
+    let message = send(&mut clients[0], json!({"priority": "urgent"})).await;
+    let id = message["id"].clone();
+
+    clients[1].request_ok(acknowledge(&id), "ack").await;
+    for (n, client) in clients.iter_mut().enumerate() {
+        let event = client.recv_type("message_acknowledged").await;
+        assert_eq!((&event["id"], &event["by"]["id"]), (&id, &json!("bob")), "connection {n}");
+    }
+
+    // Bob again from his other connection, then Carol: two users, once each.
+    clients[2].request_ok(acknowledge(&id), "ack").await;
+    clients[3].request_ok(acknowledge(&id), "ack").await;
+    let history = clients[0].request_ok(json!({"type": "history", "room": ROOM}), "history").await;
+    let by: Vec<&Value> = history["messages"][0]["acknowledged_by"]
+        .as_array()
+        .expect("acknowledged_by")
+        .iter()
+        .map(|a| &a["user"]["id"])
+        .collect();
+    assert_eq!(by, [&json!("bob"), &json!("carol")], "{history}");
+}
+
+#[tokio::test]
+async fn an_acknowledged_message_is_not_posted_to_the_webhook() {
+    let (hook_addr, mut hooks) = webhook(vec![200]).await;
+    let mut config = open_config();
+    config.escalation.webhook_url = Some(format!("http://{hook_addr}/escalate"));
+    let pod = TestPod::start(config).await;
+    let (mut alice, mut bob) = alice_and_bob(&pod).await;
+    let acked = send(&mut alice, json!({"needs_ack": true, "ack_deadline": "1s"})).await;
+    bob.request_ok(acknowledge(&acked["id"]), "ack").await;
+    let ignored = send(&mut alice, json!({"needs_ack": true, "ack_deadline": "1s"})).await;
+
+    // Both are due by now; the first POST must be the ignored message's, and
+    // the acknowledged one's window closes without a POST.
+    let first = next_hook(&mut hooks).await;
+    assert_eq!(first.json()["id"], ignored["id"], "only the ignored message is posted");
+    let window_end = acked["deadline"].as_i64().expect("deadline") + 2500;
+    while now_ms() < window_end {
+        bob.sync().await;
+    }
+    assert!(hooks.try_recv().is_err(), "no POST for the acknowledged message");
+}
+
+#[tokio::test]
+async fn a_read_receipt_reaches_the_readers_other_connections_too() {
+    let pod = TestPod::open().await;
+    let (mut alice, mut bob) = alice_and_bob(&pod).await;
+    let mut bob_phone = pod.client("bob").await;
+    bob_phone.join(ROOM).await;
+    let message = send(&mut alice, json!({})).await;
+    bob.sync().await;
+
+    bob.send(json!({"type": "mark_read", "room": ROOM, "up_to": message["id"]})).await;
+    let receipt = bob_phone.recv_type("read_receipt").await;
+    assert_eq!((&receipt["user"]["id"], &receipt["up_to"]), (&json!("bob"), &message["id"]));
+    let own = bob.sync().await;
+    assert!(of_type(&own, "read_receipt").is_empty(), "not to the marking connection: {own:?}");
 }
