@@ -226,6 +226,15 @@ async fn an_expired_token_closes_with_4401() {
 }
 
 #[tokio::test]
+async fn a_token_without_exp_closes_with_4401() {
+    let pod = hs256_pod().await;
+    let forever = json!({"sub": "alice", "iat": now()});
+    assert_refused(&pod, &hs256(&forever), "no exp").await;
+    let text_exp = claims_with("alice", json!({"exp": "tomorrow"}));
+    assert_refused(&pod, &hs256(&text_exp), "exp as text").await;
+}
+
+#[tokio::test]
 async fn a_token_not_yet_valid_beyond_the_leeway_closes_with_4401() {
     let pod = hs256_pod().await;
     let early = claims_with("alice", json!({"nbf": now() + 120}));
@@ -407,6 +416,8 @@ async fn a_refresh_for_another_user_is_refused_and_the_connection_keeps_working(
     assert_error(&mut alice, json!({"type": "refresh", "token": mallory}), "unauthorized").await;
     let forged = hs256_with(b"not-the-secret-0123456789abcdef0123456789", &claims("alice"));
     assert_error(&mut alice, json!({"type": "refresh", "token": forged}), "unauthorized").await;
+    let expired = hs256(&claims_with("alice", json!({"exp": now() - 120})));
+    assert_error(&mut alice, json!({"type": "refresh", "token": expired}), "unauthorized").await;
 
     let ack = alice.say("icu-3", "still me").await;
     assert!(ack["id"].is_string(), "{ack}");
