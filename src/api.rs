@@ -96,7 +96,7 @@ fn draft(pod: &Pod, room: String, request: PublishRequest) -> Result<Draft, (Sta
         let text = format!("text is longer than {limit} characters");
         return Err((StatusCode::PAYLOAD_TOO_LARGE, text));
     }
-    if protocol::direct_room_members(&room).is_some() {
+    if protocol::is_direct_room(&room) {
         return Err((StatusCode::FORBIDDEN, "services may not post to direct rooms".into()));
     }
 

@@ -65,8 +65,8 @@ fn identify_open(hello: Hello) -> Result<Identity, HelloError> {
 impl Identity {
     /// Whether this identity may join, read and write the room.
     pub fn may_use(&self, room: &str) -> bool {
-        if let Some((a, b)) = protocol::direct_room_members(room) {
-            return *self.user.id == *a || *self.user.id == *b;
+        if protocol::is_direct_room(room) {
+            return protocol::is_direct_room_member(room, &self.user.id);
         }
         match &self.rooms {
             None => true,

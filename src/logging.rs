@@ -7,9 +7,20 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+/// Libraries that log whole frames at their debug and trace levels; they
+/// are held at `info` whatever `RUST_LOG` says, so no message text or token
+/// reaches the logs.
+const PAYLOAD_LOGGERS: &[&str] =
+    &["tungstenite", "tokio_tungstenite", "hyper", "h2", "reqwest", "rustls", "redis"];
+
 /// Installs the global subscriber; call once, before anything logs.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    for target in PAYLOAD_LOGGERS {
+        if let Ok(directive) = format!("{target}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,

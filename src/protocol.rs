@@ -272,11 +272,25 @@ pub fn is_valid_client_msg_id(id: &str) -> bool {
     (1..=MAX_CLIENT_MSG_ID_CHARS).contains(&id.chars().count())
 }
 
-/// The two users of a direct room `dm:<a>:<b>`, when the name is one.
-pub fn direct_room_members(room: &str) -> Option<(&str, &str)> {
-    let rest = room.strip_prefix("dm:")?;
-    let (a, b) = rest.split_once(':')?;
-    (!a.is_empty() && !b.is_empty() && !b.contains(':')).then_some((a, b))
+/// Whether a room name is a direct room: every name that starts with `dm:`.
+pub fn is_direct_room(room: &str) -> bool {
+    room.starts_with("dm:")
+}
+
+/// Whether `user` is one of the two users of the direct room `room`, named
+/// `dm:<a>:<b>` with the two ids sorted. User ids may hold `:` themselves,
+/// so the name is matched against this user rather than split.
+///
+/// Limitation: with `:` in user ids a name can be read as more than one
+/// pair (`dm:a:b:c` is `a` with `b:c`, or `a:b` with `c`), and each of those
+/// users is admitted. Deployments whose ids hold `:` should avoid them in
+/// direct rooms.
+pub fn is_direct_room_member(room: &str, user: &str) -> bool {
+    let Some(pair) = room.strip_prefix("dm:") else { return false };
+    let other_after = pair.strip_prefix(user).and_then(|rest| rest.strip_prefix(':'));
+    let other_before = pair.strip_suffix(user).and_then(|rest| rest.strip_suffix(':'));
+    other_after.is_some_and(|other| is_valid_name(other) && user <= other)
+        || other_before.is_some_and(|other| is_valid_name(other) && other <= user)
 }
 
 /// Error codes of the `error` frame.
@@ -480,10 +494,16 @@ mod tests {
     }
 
     #[test]
-    fn direct_rooms_name_two_users() {
-        assert_eq!(direct_room_members("dm:alice:bob"), Some(("alice", "bob")));
-        assert_eq!(direct_room_members("dm:alice"), None);
-        assert_eq!(direct_room_members("icu"), None);
+    fn direct_rooms_admit_their_two_users_only() {
+        assert!(is_direct_room_member("dm:alice:bob", "alice"));
+        assert!(is_direct_room_member("dm:alice:bob", "bob"));
+        assert!(!is_direct_room_member("dm:alice:bob", "carol"));
+        assert!(!is_direct_room_member("dm:bob:alice", "alice"), "ids must be sorted");
+        assert!(is_direct_room_member("dm:dr:smith:nurse:jones", "dr:smith"));
+        assert!(is_direct_room_member("dm:dr:smith:nurse:jones", "nurse:jones"));
+        assert!(!is_direct_room_member("dm:dr:smith:nurse:jones", "eve"));
+        assert!(!is_direct_room_member("dm:alice", "alice"));
+        assert!(is_direct_room("dm:alice") && !is_direct_room("icu"));
     }
 
     #[test]

@@ -285,12 +285,12 @@ impl Session {
             WsMessage::Text(text) => Box::pin(self.on_text(socket, &text)).await,
             WsMessage::Binary(_) => {
                 self.pod.metrics.frames_received.with_label_values(&["invalid"]).inc();
-                let error = error_frame(
-                    None,
+                let _charged = self.admit();
+                let refusal = Refusal::new(
                     ErrorCode::BadRequest,
                     "binary frames are not accepted; send JSON text",
                 );
-                self.reply(socket, error).await
+                self.refuse(socket, None, refusal).await
             }
             WsMessage::Close(_) => Err(End::ClientClosed),
             WsMessage::Ping(_) | WsMessage::Pong(_) => Ok(()),
@@ -299,35 +299,44 @@ impl Session {
 
     /// Decodes a text frame, checks it, and carries it out.
     async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Result<(), End> {
+        // Every data frame costs a token, even one that is refused for
+        // another reason, so that no kind of frame escapes the rate limit.
+        let admitted = self.admit();
+
         let (frame, reference) = match protocol::decode(text) {
             Ok(decoded) => decoded,
             Err(err) => {
                 self.pod.metrics.frames_received.with_label_values(&["invalid"]).inc();
-                let error = error_frame(err.reference.as_ref(), ErrorCode::BadRequest, &err.reason);
-                return self.reply(socket, error).await;
+                let refusal = Refusal::new(ErrorCode::BadRequest, err.reason);
+                return self.refuse(socket, err.reference.as_ref(), refusal).await;
             }
         };
         self.pod.metrics.frames_received.with_label_values(&[frame.kind()]).inc();
 
-        let outcome = match self.check(&frame) {
-            Ok(()) => self.admit().map_err(|refusal| (refusal, self.rate.strikes >= RATE_STRIKES)),
-            Err(refusal) => Err((refusal, false)),
-        };
-        match outcome {
+        // The checks come first: their codes win over `rate_limited`.
+        match self.check(&frame).and(admitted) {
             Ok(()) => self.carry_out(socket, frame, reference.as_ref()).await,
-            Err((refusal, give_up)) => {
-                self.reply(socket, error_frame(reference.as_ref(), refusal.code, &refusal.message))
-                    .await?;
-                if give_up {
-                    return Err(End::Close(closing(
-                        close::RATE_LIMITED,
-                        "rate limit exceeded",
-                        "rate_limited",
-                    )));
-                }
-                Ok(())
-            }
+            Err(refusal) => self.refuse(socket, reference.as_ref(), refusal).await,
         }
+    }
+
+    /// Answers a refused frame; closes with 4429 a client that keeps
+    /// exceeding the rate limit.
+    async fn refuse(
+        &mut self,
+        socket: &mut WebSocket,
+        reference: Option<&Ref>,
+        refusal: Refusal,
+    ) -> Result<(), End> {
+        self.reply(socket, error_frame(reference, refusal.code, &refusal.message)).await?;
+        if self.rate.strikes >= RATE_STRIKES {
+            return Err(End::Close(closing(
+                close::RATE_LIMITED,
+                "rate limit exceeded",
+                "rate_limited",
+            )));
+        }
+        Ok(())
     }
 
     /// Takes one token from the bucket, or refuses the frame.
