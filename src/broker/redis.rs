@@ -64,6 +64,9 @@ struct Shared {
     node: Arc<str>,
     /// `history.max_len`.
     max_len: usize,
+    /// `history.max_age` in ms: older messages are removed when a room
+    /// gets a new one.
+    max_age_ms: Option<u128>,
     /// `presence.ttl`.
     presence_ttl: Duration,
 }
@@ -97,6 +100,7 @@ impl RedisBroker {
             cluster,
             node: config.node_id.as_str().into(),
             max_len: config.history.max_len,
+            max_age_ms: config.history.max_age.map(|age| age.as_millis()),
             presence_ttl: config.presence.ttl,
         });
 
@@ -233,12 +237,19 @@ impl Broker for RedisBroker {
         call.arg(shared.max_len).arg(json).arg(message.ts);
         call.arg(shared.publish_command()).arg(RETRY_WINDOW_SECS);
         call.arg(deadline).arg(shared.deadlines_in_script()).arg(&message.room);
+        call.arg(shared.max_age_ms.map(|ms| ms.to_string()).unwrap_or_default());
         let (id, stored, acks, retried): (String, String, String, i64) =
             shared.link.run(|mut conn| async move { call.invoke_async(&mut conn).await }).await?;
 
         if retried == 1 {
             let first = stored_message(id, &stored, &acks).map_err(unreadable)?;
             return Ok(Published { message: first, duplicate: true });
+        }
+        if retried == 2 {
+            // The first message was trimmed since: its id and time still answer.
+            message.ts = stored.parse().unwrap_or(message.ts);
+            message.id = id;
+            return Ok(Published { message, duplicate: true });
         }
         message.id = id;
         if let (true, Some(deadline)) = (shared.cluster, message.deadline) {
