@@ -246,6 +246,7 @@ live_checks() {
     deploy/tests/prometheus.yml.in >"$WORK/prometheus.yml"
   start "$WORK/prometheus.log" prometheus --config.file="$WORK/prometheus.yml" \
     --storage.tsdb.path="$WORK/tsdb" --web.listen-address="127.0.0.1:$prom_port"
+  check "prometheus starts" wait_http "$prom/-/ready" 200
   check "prometheus scrapes ward" \
     "$PY" scripts/check_promql.py wait "$prom" 'up{job="ward"} == 1'
 

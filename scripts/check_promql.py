@@ -47,10 +47,14 @@ def query(prom, expr):
 
 
 def poll(what, probe):
-    """Calls probe() until it returns a true value or the deadline passes."""
+    """Calls probe() until it returns a true value or the deadline passes;
+    a server that does not answer yet counts as no value."""
     end = time.monotonic() + DEADLINE
     while time.monotonic() < end:
-        value = probe()
+        try:
+            value = probe()
+        except (ConnectionError, urllib.error.URLError):
+            value = None
         if value:
             return value
         time.sleep(0.5)
