@@ -131,19 +131,14 @@ impl Outbox {
         self.lock().close
     }
 
-    /// Takes every queued frame into `batch`, unless a close was requested.
-    pub fn take_all(&self, batch: &mut Vec<Outbound>) -> Result<(), CloseRequest> {
+    /// Takes every queued frame, unless a close was requested. The queue's
+    /// buffer goes with them, so an idle connection holds no queue memory.
+    pub fn take_all(&self) -> Result<VecDeque<Outbound>, CloseRequest> {
         let mut state = self.lock();
         if let Some(close) = state.close {
             return Err(close);
         }
-        batch.extend(state.frames.drain(..));
-
-        // Give back memory after a burst, so idle connections stay small.
-        if state.frames.capacity() > 64 {
-            state.frames.shrink_to(0);
-        }
-        Ok(())
+        Ok(std::mem::take(&mut state.frames))
     }
 
     /// Waits until something was queued or a close was requested.
@@ -179,8 +174,7 @@ mod tests {
         assert_eq!(outbox.offer(event("4")), Offer::Closing);
         assert_eq!(outbox.close_requested(), Some(TOO_SLOW));
 
-        let mut batch = Vec::new();
-        assert_eq!(outbox.take_all(&mut batch), Err(TOO_SLOW));
+        assert_eq!(outbox.take_all().err(), Some(TOO_SLOW));
     }
 
     #[test]
@@ -188,8 +182,7 @@ mod tests {
         let outbox = Outbox::new(8);
         outbox.offer(event("a"));
         outbox.offer(event("b"));
-        let mut batch = Vec::new();
-        outbox.take_all(&mut batch).unwrap();
+        let batch = outbox.take_all().unwrap();
         let texts: Vec<_> = batch
             .iter()
             .map(|o| match o {

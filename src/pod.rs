@@ -20,6 +20,8 @@ use crate::rooms::Rooms;
 
 /// How often the pod pings every connection; two missed pings close it.
 pub const PING_INTERVAL: Duration = Duration::from_secs(15);
+/// Slices the connections are pinged in, one slice per tick.
+const PING_SLICES: u64 = 30;
 
 /// The open connections of a pod.
 #[derive(Default)]
@@ -146,11 +148,17 @@ impl Pod {
         self.refusing.load(Ordering::Relaxed)
     }
 
-    /// Pings every connection once; closes those that missed two in a row.
-    pub fn ping_all(&self) {
+    /// Pings one slice of the connections (those whose number falls in
+    /// `slice`); closes those that missed two pings in a row.
+    pub fn ping_slice(&self, slice: u64) {
         const PING_TIMEOUT: CloseRequest =
             CloseRequest { code: close::INTERNAL, reason: "ping timeout", label: "ping_timeout" };
-        for outbox in self.snapshot() {
+        let due: Vec<Arc<Outbox>> = {
+            let connections = self.lock_connections();
+            let in_slice = connections.by_id.iter().filter(|(id, _)| *id % PING_SLICES == slice);
+            in_slice.map(|(_, outbox)| outbox.clone()).collect()
+        };
+        for outbox in due {
             if outbox.ping_sent() >= 2 {
                 outbox.request_close(PING_TIMEOUT);
             } else {
@@ -159,15 +167,16 @@ impl Pod {
         }
     }
 
-    /// Pings all connections every [`PING_INTERVAL`] until shutdown.
+    /// Pings every connection once per [`PING_INTERVAL`], a slice at a time,
+    /// so that pings and pongs do not arrive in one burst; until shutdown.
     pub async fn run_heartbeat(self: Arc<Self>) {
-        let mut ticks = tokio::time::interval(PING_INTERVAL);
+        let mut ticks = tokio::time::interval(PING_INTERVAL / PING_SLICES as u32);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
-        loop {
+        for tick in 0u64.. {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = ticks.tick() => self.ping_all(),
+                _ = ticks.tick() => self.ping_slice(tick % PING_SLICES),
             }
         }
     }

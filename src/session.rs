@@ -4,7 +4,7 @@
 //! Replies go straight to the socket; room events arrive through the
 //! [`Outbox`] and are written in batches, one flush per batch.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,9 @@ use crate::pod::Pod;
 use crate::protocol::{self, ClientFrame, ErrorCode, Ref, ServerFrame, close};
 
 mod handlers;
+mod joined;
+
+use joined::{Joined, JoinedRooms};
 
 /// How long a close frame may take to reach a peer that reads slowly.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
@@ -40,7 +43,9 @@ async fn run(pod: Arc<Pod>, mut socket: WebSocket) {
     let conn = pod.register(outbox.clone());
     tracing::Span::current().record("conn.id", conn);
 
-    let end = match greet(&pod, &mut socket, &outbox).await {
+    // Futures that are rarely live are boxed, so that the state an idle
+    // connection keeps (its task) stays small.
+    let end = match Box::pin(greet(&pod, &mut socket, &outbox)).await {
         Ok((identity, reference)) => {
             serve_user(&pod, &mut socket, conn, outbox, identity, reference).await
         }
@@ -52,7 +57,7 @@ async fn run(pod: Arc<Pod>, mut socket: WebSocket) {
     match end {
         End::Close(request) => {
             info!(code = request.code, reason = request.label, "connection closed by pod");
-            say_goodbye(&mut socket, request).await;
+            Box::pin(say_goodbye(&mut socket, request)).await;
         }
         End::ClientClosed | End::ClientGone => {
             debug!(reason = end.label(), "connection closed by client")
@@ -86,7 +91,7 @@ async fn serve_user(
 
     let mut session = Session::new(pod.clone(), conn, identity, outbox);
     let end = session.welcome_and_loop(socket, reference.as_ref()).await;
-    session.leave_all().await;
+    Box::pin(session.leave_all()).await;
     pod.release_user(&user);
     end
 }
@@ -200,14 +205,6 @@ async fn say_goodbye(socket: &mut WebSocket, request: CloseRequest) {
             .await;
 }
 
-/// A room this connection has joined.
-struct Joined {
-    /// Newest message id sent in `room_joined`; older live copies are skipped.
-    watermark: Option<(u64, u64)>,
-    /// When this connection last announced typing here, and what.
-    last_typing: Option<(Instant, bool)>,
-}
-
 /// Token bucket of client frames.
 struct RateLimit {
     tokens: f64,
@@ -221,7 +218,7 @@ pub(crate) struct Session {
     conn: ConnId,
     identity: Identity,
     outbox: Arc<Outbox>,
-    rooms: HashMap<Arc<str>, Joined>,
+    rooms: JoinedRooms,
     rate: RateLimit,
 }
 
@@ -229,7 +226,7 @@ impl Session {
     fn new(pod: Arc<Pod>, conn: ConnId, identity: Identity, outbox: Arc<Outbox>) -> Self {
         let rate =
             RateLimit { tokens: pod.config.limits.burst, updated: Instant::now(), strikes: 0 };
-        Self { pod, conn, identity, outbox, rooms: HashMap::new(), rate }
+        Self { pod, conn, identity, outbox, rooms: JoinedRooms::default(), rate }
     }
 
     /// Sends `welcome`, then serves frames until the connection ends.
@@ -242,7 +239,7 @@ impl Session {
             node: &self.pod.config.node_id,
             protocol: protocol::PROTOCOL_VERSION,
         };
-        if let Err(end) = self.reply(socket, welcome).await {
+        if let Err(end) = Box::pin(self.reply(socket, welcome)).await {
             return end;
         }
         info!("connection ready");
@@ -251,17 +248,17 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = self.outbox.woken() => {
-                    if let Err(end) = self.write_queued(socket).await {
+                    if let Err(end) = Box::pin(self.write_queued(socket)).await {
                         return end;
                     }
                 }
                 incoming = socket.recv() => {
                     // A reply may have taken the wake-up meant for queued
                     // events, so look at the queue after every frame.
-                    if let Err(end) = self.on_incoming(socket, incoming).await {
+                    if let Err(end) = Box::pin(self.on_incoming(socket, incoming)).await {
                         return end;
                     }
-                    if let Err(end) = self.write_queued(socket).await {
+                    if let Err(end) = Box::pin(self.write_queued(socket)).await {
                         return end;
                     }
                 }
@@ -282,7 +279,7 @@ impl Session {
             Some(Ok(message)) => message,
         };
         match message {
-            WsMessage::Text(text) => Box::pin(self.on_text(socket, &text)).await,
+            WsMessage::Text(text) => self.on_text(socket, &text).await,
             WsMessage::Binary(_) => {
                 self.pod.metrics.frames_received.with_label_values(&["invalid"]).inc();
                 let _charged = self.admit();
@@ -359,15 +356,12 @@ impl Session {
 
     /// Writes every queued frame, then flushes once.
     async fn write_queued(&mut self, socket: &mut WebSocket) -> Result<(), End> {
-        let mut batch = Vec::new();
         loop {
-            batch.clear();
-            self.outbox.take_all(&mut batch).map_err(End::Close)?;
+            let batch = self.outbox.take_all().map_err(End::Close)?;
             if batch.is_empty() {
                 return Ok(());
             }
-            let marks = self.write_batch(socket, &batch).await?;
-            self.record_lag(&marks);
+            self.write_batch(socket, batch).await?;
         }
     }
 
@@ -375,25 +369,25 @@ impl Session {
     async fn write_batch(
         &self,
         socket: &mut WebSocket,
-        batch: &[Outbound],
-    ) -> Result<Vec<MessageMark>, End> {
+        batch: VecDeque<Outbound>,
+    ) -> Result<(), End> {
         use futures_util::SinkExt;
 
-        let mut marks = Vec::new();
+        let now = crate::broker::now_ms();
         let mut sent = 0;
         let write = async {
             for frame in batch {
                 let message = match frame {
                     Outbound::Ping => WsMessage::Ping(Default::default()),
-                    Outbound::Notice(frame) => WsMessage::Text(frame.clone()),
+                    Outbound::Notice(frame) => WsMessage::Text(frame),
                     Outbound::Event { room, frame, message } => {
-                        if !self.wants(room, message.as_ref()) {
+                        if !self.wants(&room, message.as_ref()) {
                             continue;
                         }
                         if let Some(mark) = message {
-                            marks.push(*mark);
+                            self.record_lag(now, mark);
                         }
-                        WsMessage::Text(frame.clone())
+                        WsMessage::Text(frame)
                     }
                 };
                 socket.feed(message).await?;
@@ -403,7 +397,7 @@ impl Session {
         };
         self.until_close_requested(write).await?.map_err(|_| End::ClientGone)?;
         self.pod.metrics.frames_sent.inc_by(sent);
-        Ok(marks)
+        Ok(())
     }
 
     /// Runs a write, but gives up on it when a close is requested meanwhile.
@@ -430,12 +424,10 @@ impl Session {
         }
     }
 
-    fn record_lag(&self, marks: &[MessageMark]) {
-        let now = crate::broker::now_ms();
-        for mark in marks {
-            let lag_ms = (now - mark.published_at).max(0) as f64;
-            self.pod.metrics.delivery_lag.observe(lag_ms / 1000.0);
-        }
+    /// Records the time from a message's publish to its write.
+    fn record_lag(&self, now: i64, mark: MessageMark) {
+        let lag_ms = (now - mark.published_at).max(0) as f64;
+        self.pod.metrics.delivery_lag.observe(lag_ms / 1000.0);
     }
 
     /// Writes one reply frame right away.

@@ -241,7 +241,7 @@ impl Session {
 
     /// Leaves every room as the connection closes.
     pub(super) async fn leave_all(&mut self) {
-        let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
+        let rooms = self.rooms.names();
         for room in rooms {
             if let Err(refusal) = self.exit(&room).await {
                 // Presence then ends by itself within the presence TTL.
