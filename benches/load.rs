@@ -388,6 +388,12 @@ struct Outcome {
     errors: Vec<String>,
     closes: Vec<String>,
     cpu: Vec<(&'static str, f64)>,
+    /// Per second of the window: deliveries and those slower than 20 ms.
+    by_second: std::collections::BTreeMap<u64, (u64, u64)>,
+    /// Seconds into the window at which a started pod pinged all connections.
+    pings: Vec<f64>,
+    /// The pods' `ward_delivery_lag_seconds` buckets, counted in the window.
+    pod_lag: Vec<(f64, f64)>,
 }
 
 impl Outcome {
@@ -432,13 +438,20 @@ fn measure(
         ))?;
     }
 
-    // CPU used by each process during the measured window.
+    // CPU used by each process and the pods' own delivery lag, during
+    // the measured window.
     sleep_until(window_start);
+    let lag_before = pod_lag(setup)?;
     let cpu_before: Vec<f64> =
         setup.processes().iter().map(|(_, p)| procs::cpu_seconds(p.pid())).collect();
     let machine_before = procs::machine_cpu_seconds();
     sleep_until(window_end);
-    let machine = (procs::machine_cpu_seconds() - machine_before) / seconds as f64;
+    let machine_after = procs::machine_cpu_seconds();
+    let processes = (machine_after.0 - machine_before.0) / seconds as f64;
+    let interrupts = (machine_after.1 - machine_before.1) / seconds as f64;
+    let lag = pod_lag(setup)?;
+    let pod_lag: Vec<(f64, f64)> =
+        lag.iter().zip(&lag_before).map(|((b, after), (_, before))| (*b, after - before)).collect();
     let mut cpu: Vec<(&'static str, f64)> = Vec::new();
     for ((group, process), before) in setup.processes().iter().zip(cpu_before) {
         let used = (procs::cpu_seconds(process.pid()) - before) / seconds as f64;
@@ -448,9 +461,10 @@ fn measure(
         }
     }
     let ours: f64 = cpu.iter().map(|(_, c)| c).sum();
-    cpu.push(("other processes", (machine - ours).max(0.0)));
+    cpu.push(("softirq", interrupts));
+    cpu.push(("other processes", (processes - ours).max(0.0)));
 
-    let mut outcome = Outcome { seconds: seconds as f64, rate, cpu, ..Outcome::default() };
+    let mut outcome = Outcome { seconds: seconds as f64, rate, cpu, pod_lag, ..Outcome::default() };
     let deadline = Instant::now() + Duration::from_secs(traffic.grace + 60);
     let mut histogram = Histogram::new();
     for worker in &mut setup.workers {
@@ -461,6 +475,14 @@ fn measure(
         outcome.delivered += number(&line, "delivered");
         outcome.received_window += number(&line, "received_window");
         histogram.merge(&Histogram::decode(field(&line, "hist"))?);
+        for entry in field(&line, "seconds").split(',').filter(|e| !e.is_empty()) {
+            let parts: Vec<u64> = entry.split(':').filter_map(|n| n.parse().ok()).collect();
+            if let [second, count, slow] = parts[..] {
+                let tally = outcome.by_second.entry(second).or_insert((0, 0));
+                tally.0 += count;
+                tally.1 += slow;
+            }
+        }
         for (list, key) in [(&mut outcome.errors, "errors"), (&mut outcome.closes, "closes")] {
             if field(&line, key) != "-" {
                 list.push(field(&line, key).to_string());
@@ -468,7 +490,50 @@ fn measure(
         }
     }
     outcome.histogram = Some(histogram);
+    outcome.pings = ping_rounds(setup, window_start, window_end);
     Ok(outcome)
+}
+
+/// Seconds into the window at which the started pods ping every connection
+/// (every 15 s after their start).
+fn ping_rounds(setup: &Setup, from: u64, until: u64) -> Vec<f64> {
+    const PING_US: u64 = 15_000_000;
+    let mut rounds = Vec::new();
+    for pod in &setup.pods {
+        let mut at = procs::start_time_us(pod.process.pid()) + PING_US;
+        while at < until {
+            if at >= from {
+                rounds.push((at - from) as f64 / 1e6);
+            }
+            at += PING_US;
+        }
+    }
+    rounds
+}
+
+/// The pods' delivery lag histograms (publish to socket write), summed.
+fn pod_lag(setup: &Setup) -> Result<Vec<(f64, f64)>, String> {
+    let mut sum: Vec<(f64, f64)> = Vec::new();
+    for addr in &setup.addrs {
+        let (_, text) = procs::http_get(*addr, "/metrics")?;
+        let buckets = procs::buckets(&text, "ward_delivery_lag_seconds");
+        if sum.is_empty() {
+            sum = buckets;
+        } else {
+            sum.iter_mut().zip(buckets).for_each(|(s, (_, c))| s.1 += c);
+        }
+    }
+    Ok(sum)
+}
+
+/// The bucket bound (ms) under which a quantile of the pods' lag falls.
+fn lag_quantile(buckets: &[(f64, f64)], q: f64) -> String {
+    let total = buckets.last().map_or(0.0, |(_, c)| *c);
+    match buckets.iter().find(|(_, c)| *c >= q * total) {
+        _ if total == 0.0 => "-".into(),
+        Some((bound, _)) if bound.is_finite() => format!("<= {} ms", bound * 1000.0),
+        _ => "> 5000 ms".into(),
+    }
 }
 
 fn sleep_until(epoch_us: u64) {
@@ -497,9 +562,33 @@ fn print_outcome(outcome: &Outcome) {
         outcome.p(0.999),
         outcome.max_ms()
     );
+    println!(
+        "  pods' own lag, publish -> socket write: p50 {}, p99 {}",
+        lag_quantile(&outcome.pod_lag, 0.5),
+        lag_quantile(&outcome.pod_lag, 0.99)
+    );
+    let slow: Vec<String> = outcome
+        .by_second
+        .iter()
+        .filter(|(_, (n, slow))| *slow * 100 > *n)
+        .map(|(s, (n, slow))| format!("{s}s:{:.0}%", *slow as f64 * 100.0 / *n as f64))
+        .collect();
+    let pings: Vec<String> = outcome.pings.iter().map(|p| format!("{p:.1}s")).collect();
+    println!(
+        "  seconds with over 1% of deliveries slower than 20 ms: {}; pod ping rounds at: {}",
+        if slow.is_empty() { "none".into() } else { slow.join(" ") },
+        if pings.is_empty() { "none".into() } else { pings.join(" ") }
+    );
     let or_none = |list: &[String]| if list.is_empty() { "none".into() } else { list.join(" ") };
     println!("  errors: {}; closes: {}", or_none(&outcome.errors), or_none(&outcome.closes));
     let cpu: Vec<String> = outcome.cpu.iter().map(|(g, c)| format!("{g} {c:.2}")).collect();
+    let per_delivery: Vec<String> = outcome
+        .cpu
+        .iter()
+        .filter(|(g, _)| *g != "other processes" && *g != "softirq")
+        .map(|(g, c)| format!("{g} {:.1} µs", c.max(0.0) * 1e6 / outcome.throughput().max(1.0)))
+        .collect();
+    println!("  CPU per delivery: {}", per_delivery.join(", "));
     println!("  CPU cores used: {} (load average {})", cpu.join(", "), procs::load_average());
 }
 

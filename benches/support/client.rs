@@ -36,6 +36,8 @@ type Sink = SplitSink<Socket, Message>;
 const CONNECTING: usize = 64;
 /// Time allowed from connect to `room_joined`.
 const OPEN_DEADLINE: Duration = Duration::from_secs(60);
+/// A delivery slower than this counts as slow in the per-second tally.
+const SLOW_US: u64 = 20_000;
 /// Prefix of the frames the benchmark measures.
 const NEW_MESSAGE: &str = r#"{"type":"new_message","#;
 /// What precedes the send time inside a `new_message` frame.
@@ -73,6 +75,9 @@ struct Stats {
     /// Other `new_message` frames (warm-up, stragglers).
     outside: u64,
     acks: u64,
+    /// Per second of the window (by receive time): deliveries, and those
+    /// slower than [`SLOW_US`].
+    seconds: BTreeMap<u64, (u64, u64)>,
     errors: BTreeMap<String, u64>,
     closes: BTreeMap<String, u64>,
 }
@@ -238,6 +243,10 @@ fn on_text(text: &str, stats: &mut Stats) {
         match sent {
             Some(sent) if (start..end).contains(&sent) => {
                 stats.delivered += 1;
+                let second = stats.seconds.entry(now.saturating_sub(start) / 1_000_000);
+                let tally = second.or_insert((0, 0));
+                tally.0 += 1;
+                tally.1 += u64::from(now.saturating_sub(sent) > SLOW_US);
                 if let Some(histogram) = &mut stats.histogram {
                     histogram.record(now.saturating_sub(sent));
                 }
@@ -370,7 +379,7 @@ fn report(stats: &Stats, sent: &Sent) -> String {
     let histogram = stats.histogram.as_ref().map(Histogram::encode).unwrap_or_default();
     format!(
         "sent={} sent_window={} expected={} send_failed={} delivered={} received_window={} \
-         outside={} acks={} errors={} hist={histogram} closes={}",
+         outside={} acks={} errors={} hist={histogram} closes={} seconds={}",
         sent.total,
         sent.in_window,
         sent.expected,
@@ -381,6 +390,12 @@ fn report(stats: &Stats, sent: &Sent) -> String {
         stats.acks,
         tally(&stats.errors),
         tally(&stats.closes),
+        stats
+            .seconds
+            .iter()
+            .map(|(s, (n, slow))| format!("{s}:{n}:{slow}"))
+            .collect::<Vec<_>>()
+            .join(","),
     )
 }
 

@@ -202,6 +202,19 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// Cumulative counts of a histogram metric by upper bound, `+Inf` last.
+pub fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(&prefix)?;
+            let (bound, count) = rest.split_once("\"} ")?;
+            let bound = if bound == "+Inf" { f64::INFINITY } else { bound.parse().ok()? };
+            Some((bound, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 /// Scrapes one metric from a pod's `/metrics`.
 pub fn scrape(addr: SocketAddr, name: &str) -> Result<f64, String> {
     let (status, body) = http_get(addr, "/metrics")?;
@@ -234,15 +247,32 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
-/// CPU time all processes of the machine have used, in seconds.
-pub fn machine_cpu_seconds() -> f64 {
+/// When a process started, in µs since the epoch (10 ms precision).
+pub fn start_time_us(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    // starttime is the 22nd field of the line, the 20th after the name.
+    let ticks: u64 = after.split_whitespace().nth(19).and_then(|t| t.parse().ok()).unwrap_or(0);
+    let boot = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let boot: u64 = boot
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|b| b.trim().parse().ok())
+        .unwrap_or(0);
+    boot * 1_000_000 + ticks * 10_000
+}
+
+/// CPU time of the whole machine in seconds: processes (user, nice,
+/// system, steal) and interrupt handling (irq, softirq), which on loopback is
+/// mostly the receiving side of TCP and belongs to no process.
+pub fn machine_cpu_seconds() -> (f64, f64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().next() else { return 0.0 };
-    // user nice system idle iowait irq softirq steal: busy is all but idle and iowait.
-    let ticks: Vec<u64> = line.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
-    let busy: u64 =
-        ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
-    busy as f64 / 100.0
+    let line = stat.lines().next().unwrap_or_default();
+    // user nice system idle iowait irq softirq steal
+    let ticks: Vec<u64> =
+        line.split_whitespace().skip(1).take(8).filter_map(|t| t.parse().ok()).collect();
+    let at = |i: usize| ticks.get(i).copied().unwrap_or(0) as f64 / 100.0;
+    (at(0) + at(1) + at(2) + at(7), at(5) + at(6))
 }
 
 /// The one-minute load average.
