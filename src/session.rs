@@ -31,23 +31,26 @@ const BROKER_DEADLINE: Duration = Duration::from_secs(3);
 const RATE_STRIKES: u32 = 20;
 
 /// Serves one upgraded WebSocket until it closes.
-pub async fn serve(pod: Arc<Pod>, socket: WebSocket) {
+///
+/// An idle connection's whole state is this future, so it is kept small:
+/// the socket lives in one box, and futures that are rarely live (the
+/// handshake, frame handling, writes, goodbyes) are boxed while they run.
+pub fn serve(pod: Arc<Pod>, socket: WebSocket) -> impl Future<Output = ()> {
     pod.metrics.connections_opened.inc();
     let span = info_span!("conn", conn.id = tracing::field::Empty, user.id = tracing::field::Empty,
         node.id = %pod.config.node_id);
-    run(pod, socket).instrument(span).await;
+    run(pod, Box::new(socket)).instrument(span)
 }
 
-async fn run(pod: Arc<Pod>, mut socket: WebSocket) {
+async fn run(pod: Arc<Pod>, mut socket: Box<WebSocket>) {
     let outbox = Outbox::new(pod.config.limits.outbound_queue);
     let conn = pod.register(outbox.clone());
     tracing::Span::current().record("conn.id", conn);
 
-    // Futures that are rarely live are boxed, so that the state an idle
-    // connection keeps (its task) stays small.
     let end = match Box::pin(greet(&pod, &mut socket, &outbox)).await {
         Ok((identity, reference)) => {
-            serve_user(&pod, &mut socket, conn, outbox, identity, reference).await
+            let mut session = Session::new(pod.clone(), conn, identity, outbox);
+            session.serve(&mut socket, reference).await
         }
         Err(request) => end_for(request),
     };
@@ -63,37 +66,6 @@ async fn run(pod: Arc<Pod>, mut socket: WebSocket) {
             debug!(reason = end.label(), "connection closed by client")
         }
     }
-}
-
-/// Serves a connection whose `hello` was accepted, then leaves its rooms.
-async fn serve_user(
-    pod: &Arc<Pod>,
-    socket: &mut WebSocket,
-    conn: ConnId,
-    outbox: Arc<Outbox>,
-    identity: Identity,
-    reference: Option<Ref>,
-) -> End {
-    const TOO_MANY: CloseRequest = CloseRequest {
-        code: close::RATE_LIMITED,
-        reason: "too many connections",
-        label: "rate_limited",
-    };
-    let user = identity.user.id.clone();
-    tracing::Span::current().record("user.id", &*user);
-    if !pod.admit_user(&user) {
-        tracing::warn!("connection refused: too many for this user");
-        return End::Close(TOO_MANY);
-    }
-    if let Some(exp) = identity.expires_at {
-        pod.expiries.watch(conn, exp, &outbox);
-    }
-
-    let mut session = Session::new(pod.clone(), conn, identity, outbox);
-    let end = session.welcome_and_loop(socket, reference.as_ref()).await;
-    Box::pin(session.leave_all()).await;
-    pod.release_user(&user);
-    end
 }
 
 /// How a connection ended.
@@ -227,6 +199,29 @@ impl Session {
         let rate =
             RateLimit { tokens: pod.config.limits.burst, updated: Instant::now(), strikes: 0 };
         Self { pod, conn, identity, outbox, rooms: JoinedRooms::default(), rate }
+    }
+
+    /// Serves a connection whose `hello` was accepted, then leaves its rooms.
+    async fn serve(&mut self, socket: &mut WebSocket, reference: Option<Ref>) -> End {
+        const TOO_MANY: CloseRequest = CloseRequest {
+            code: close::RATE_LIMITED,
+            reason: "too many connections",
+            label: "rate_limited",
+        };
+        let user = self.identity.user.id.clone();
+        tracing::Span::current().record("user.id", &*user);
+        if !self.pod.admit_user(&user) {
+            tracing::warn!("connection refused: too many for this user");
+            return End::Close(TOO_MANY);
+        }
+        if let Some(exp) = self.identity.expires_at {
+            self.pod.expiries.watch(self.conn, exp, &self.outbox);
+        }
+
+        let end = self.welcome_and_loop(socket, reference.as_ref()).await;
+        Box::pin(self.leave_all()).await;
+        self.pod.release_user(&user);
+        end
     }
 
     /// Sends `welcome`, then serves frames until the connection ends.
@@ -378,7 +373,11 @@ impl Session {
         let write = async {
             for frame in batch {
                 let message = match frame {
-                    Outbound::Ping => WsMessage::Ping(Default::default()),
+                    // Pings are control frames: not counted in `frames_sent`.
+                    Outbound::Ping => {
+                        socket.feed(WsMessage::Ping(Default::default())).await?;
+                        continue;
+                    }
                     Outbound::Notice(frame) => WsMessage::Text(frame),
                     Outbound::Event { room, frame, message } => {
                         if !self.wants(&room, message.as_ref()) {
