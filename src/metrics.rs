@@ -21,7 +21,7 @@ pub struct Metrics {
     pub rooms: IntGauge,
     /// Client frames received, by type (`invalid` when undecodable).
     pub frames_received: IntCounterVec,
-    /// Frames written to clients.
+    /// Data frames written to clients (WebSocket pings not included).
     pub frames_sent: IntCounter,
     /// Messages stored and published by this pod.
     pub messages_published: IntCounter,
@@ -78,7 +78,7 @@ impl Metrics {
                 &["type"],
             )
             .unwrap(),
-            frames_sent: IntCounter::new("ward_frames_sent_total", "Frames written to clients.")
+            frames_sent: IntCounter::new("ward_frames_sent_total", "Data frames written to clients.")
                 .unwrap(),
             messages_published: IntCounter::new(
                 "ward_messages_published_total",
