@@ -24,12 +24,20 @@ const BROKER_DEADLINE: Duration = Duration::from_secs(3);
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     text: String,
-    from: User,
+    from: Sender,
     #[serde(default)]
     priority: Priority,
     needs_ack: Option<bool>,
     ack_deadline: Option<String>,
     client_msg_id: Option<String>,
+}
+
+/// Who posts: an id, and a name that defaults to the id.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sender {
+    id: String,
+    name: Option<String>,
 }
 
 /// Stores and publishes one message on behalf of a hospital system.
@@ -39,7 +47,7 @@ pub async fn publish(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let Some(tokens) = &pod.config.api.tokens else {
+    let Some(tokens) = pod.config.api.tokens.as_ref().filter(|t| !t.is_empty()) else {
         return StatusCode::NOT_FOUND.into_response();
     };
     if !bearer_matches(tokens, &headers) {
@@ -80,13 +88,14 @@ fn draft(pod: &Pod, room: String, request: PublishRequest) -> Result<Draft, (Sta
     if !protocol::is_valid_name(&room) {
         return invalid("room names are 1 to 64 of A-Z a-z 0-9 . _ : -");
     }
-    if !protocol::is_valid_name(&request.from.id)
-        || !protocol::is_valid_display_name(&request.from.name)
-    {
-        return invalid("`from` needs an `id` (1 to 64 of A-Z a-z 0-9 . _ : -) and a `name`");
+    let name = request.from.name.clone().unwrap_or_else(|| request.from.id.clone());
+    if !protocol::is_valid_name(&request.from.id) || !protocol::is_valid_display_name(&name) {
+        return invalid(
+            "`from` needs an `id` (1 to 64 of A-Z a-z 0-9 . _ : -) and at most a 100-character `name`",
+        );
     }
-    if request.text.is_empty() {
-        return invalid("`text` must not be empty");
+    if request.text.trim().is_empty() {
+        return invalid("`text` must not be empty or only spaces");
     }
     if request.client_msg_id.as_deref().is_some_and(|id| !protocol::is_valid_client_msg_id(id)) {
         return invalid("`client_msg_id` must be 1 to 64 characters");
@@ -111,7 +120,7 @@ fn draft(pod: &Pod, room: String, request: PublishRequest) -> Result<Draft, (Sta
     };
     Ok(Draft {
         room,
-        from: request.from,
+        from: User { id: request.from.id.into(), name: name.into() },
         text: request.text,
         priority: request.priority,
         ack_within,

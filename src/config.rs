@@ -384,6 +384,23 @@ impl Config {
         if self.limits.burst < 1.0 {
             return bad("limits.burst", "must be at least 1");
         }
+        if self.limits.max_frame_bytes > 16 * 1024 * 1024 {
+            return bad("limits.max_frame_bytes", "must be at most 16777216 (16 MiB)");
+        }
+        if self.limits.hello_timeout < Duration::from_millis(100) {
+            return bad("limits.hello_timeout", "must be at least 100ms");
+        }
+        if self.escalation.default_deadline < Duration::from_secs(1) {
+            return bad("escalation.default_deadline", "must be at least 1s");
+        }
+        if self.history.max_age.is_some_and(|age| age < Duration::from_secs(1)) {
+            return bad("history.max_age", "must be at least 1s, or unset to keep messages");
+        }
+        if let Some(url) = &self.escalation.webhook_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return bad("escalation.webhook_url", "must be an http:// or https:// URL");
+        }
         if self.presence.ttl < std::time::Duration::from_secs(2) {
             return bad("presence.ttl", "must be at least 2s");
         }
@@ -416,13 +433,28 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "audit",
 ];
 
-/// `WARD_*` variables that name a Ward key. Others are left alone: Kubernetes
-/// adds `WARD_SERVICE_HOST` and the like for a Service named `ward`.
+/// `WARD_*` variables, except the service links Kubernetes adds for a
+/// Service whose name starts with `ward` (`WARD_SERVICE_HOST`, `WARD_PORT`,
+/// `WARD_REDIS_PORT_6379_TCP` and the like). Any other unknown variable,
+/// a misspelt one included, stops start-up.
 fn ward_env() -> Env {
-    Env::prefixed("WARD_").split("__").filter(|key| {
-        let top = key.as_str().split('.').next().unwrap_or_default();
-        TOP_LEVEL_KEYS.iter().any(|known| known.eq_ignore_ascii_case(top))
-    })
+    Env::prefixed("WARD_").split("__").filter(|key| !is_service_link(key.as_str()))
+}
+
+/// Whether a variable (without `WARD_`) has the shape of a Kubernetes
+/// service link rather than of a Ward key.
+fn is_service_link(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    let top = key.split('.').next().unwrap_or_default();
+    if TOP_LEVEL_KEYS.contains(&top) {
+        return false;
+    }
+    key.contains("service_host")
+        || key.contains("service_port")
+        || key == "port"
+        || key.ends_with("_port")
+        || key.starts_with("port_")
+        || key.contains("_port_")
 }
 
 /// Turns figment's error into one that names the dotted key.
@@ -525,9 +557,23 @@ mod tests {
 
     #[test]
     fn kubernetes_service_variables_are_ignored() {
-        let config =
-            figment_with_env(&[("WARD_SERVICE_HOST", "10.0.0.1"), ("WARD_PORT", "tcp://x")]);
+        let config = figment_with_env(&[
+            ("WARD_SERVICE_HOST", "10.0.0.1"),
+            ("WARD_SERVICE_PORT_HTTP", "8080"),
+            ("WARD_PORT", "tcp://10.0.0.1:8080"),
+            ("WARD_PORT_8080_TCP_ADDR", "10.0.0.1"),
+            ("WARD_REDIS_SERVICE_HOST", "10.0.0.2"),
+            ("WARD_REDIS_PORT", "tcp://10.0.0.2:6379"),
+        ]);
         assert!(config.is_ok(), "{config:?}");
+    }
+
+    #[test]
+    fn a_misspelt_variable_stops_start_up() {
+        let err = figment_with_env(&[("WARD_REDIS_URL", "redis://x")]).unwrap_err();
+        assert_eq!(err.key, "redis_url");
+        let err = figment_with_env(&[("WARD_AUTH_MODE", "jwt")]).unwrap_err();
+        assert_eq!(err.key, "auth_mode");
     }
 
     #[test]

@@ -66,8 +66,8 @@ async fn escalate_due(pod: &Arc<Pod>, client: &reqwest::Client) {
         if let Some(url) = pod.config.escalation.webhook_url.clone() {
             let body = webhook_body(&message);
             let secret = pod.config.escalation.webhook_secret.clone();
-            let delivery = deliver(pod.clone(), client.clone(), url, body, secret);
-            pod.tasks.spawn(delivery);
+            // Not tracked by the drain: a failing webhook must not hold it up.
+            tokio::spawn(deliver(pod.clone(), client.clone(), url, body, secret));
         }
     }
 }
@@ -123,7 +123,10 @@ async fn deliver(
 
         tokio::select! {
             // Limitation: a delivery still failing when the pod stops is given up.
-            _ = pod.shutdown.cancelled() => return,
+            _ = pod.shutdown.cancelled() => {
+                tracing::error!(attempt, "escalation webhook given up: the pod is stopping");
+                return;
+            }
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(MAX_RETRY_DELAY);

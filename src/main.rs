@@ -37,11 +37,19 @@ async fn main() -> ExitCode {
     };
 
     let signal = stop_signal().await;
-    tracing::info!(signal, "stop requested; draining");
-    if server.drain().await {
-        tracing::info!("drained; bye");
+    tracing::info!(signal, "stop requested; draining (a second signal stops at once)");
+    tokio::select! {
+        drained = server.drain() => {
+            if drained {
+                tracing::info!("drained; bye");
+            }
+            ExitCode::SUCCESS
+        }
+        signal = stop_signal() => {
+            tracing::warn!(signal, "second stop signal; stopping without finishing the drain");
+            ExitCode::from(130)
+        }
     }
-    ExitCode::SUCCESS
 }
 
 /// Reads `--config FILE`; `--help` and `--version` print and exit.

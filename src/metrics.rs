@@ -78,8 +78,11 @@ impl Metrics {
                 &["type"],
             )
             .unwrap(),
-            frames_sent: IntCounter::new("ward_frames_sent_total", "Data frames written to clients.")
-                .unwrap(),
+            frames_sent: IntCounter::new(
+                "ward_frames_sent_total",
+                "Data frames written to clients.",
+            )
+            .unwrap(),
             messages_published: IntCounter::new(
                 "ward_messages_published_total",
                 "Messages stored and published by this pod.",

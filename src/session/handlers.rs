@@ -407,8 +407,8 @@ impl From<End> for Step {
 /// Rules of `send_message` fields.
 fn check_send(send: &SendMessage) -> Result<(), Refusal> {
     let bad = |text: &str| Err(Refusal::new(ErrorCode::BadRequest, text));
-    if send.text.is_empty() {
-        return bad("`text` must not be empty");
+    if send.text.trim().is_empty() {
+        return bad("`text` must not be empty or only spaces");
     }
     if let Some(id) = &send.client_msg_id
         && !protocol::is_valid_client_msg_id(id)

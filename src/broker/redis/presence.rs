@@ -228,7 +228,8 @@ impl Shared {
         for id in users {
             let Some(user) = self.local.get(room, &id) else { continue };
             tracing::info!(room = %room, user.id = %id, "presence entry restored");
-            if let Err(err) = self.add_entry(room, &user, true).await {
+            // Quietly: nobody was told the user left, so nobody is told of a return.
+            if let Err(err) = self.add_entry(room, &user, false).await {
                 tracing::warn!(room = %room, error = %err, "presence entry not restored");
             }
         }
