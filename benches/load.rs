@@ -215,23 +215,30 @@ impl Setup {
         }
     }
 
-    /// Waits until the pods have written every queued frame (the joins
-    /// cause presence events): `ward_frames_sent_total` holds still.
-    fn wait_quiet(&self) -> Result<(), String> {
-        let sent = || -> Result<f64, String> {
-            self.addrs.iter().map(|a| procs::scrape(*a, "ward_frames_sent_total")).sum()
-        };
+    /// Waits until the clients stop receiving text frames (the joins cause
+    /// presence events); pings are control frames and do not count.
+    fn wait_quiet(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last = sent()?;
+        let mut last = self.frames_received(deadline)?;
         while Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(500));
-            let now = sent()?;
+            let now = self.frames_received(deadline)?;
             if now == last {
                 return Ok(());
             }
             last = now;
         }
-        Err("the pods kept writing frames for 60 s after the joins".into())
+        Err("the clients kept receiving frames for 60 s after the joins".into())
+    }
+
+    /// Text frames all workers have received so far.
+    fn frames_received(&mut self, deadline: Instant) -> Result<u64, String> {
+        let mut frames = 0;
+        for worker in &mut self.workers {
+            worker.send("stats")?;
+            frames += number(&worker.expect("stats", deadline)?, "frames");
+        }
+        Ok(frames)
     }
 
     /// Resident memory of each pod, from `/proc` when started here, else
@@ -390,8 +397,6 @@ struct Outcome {
     cpu: Vec<(&'static str, f64)>,
     /// Per second of the window: deliveries and those slower than 20 ms.
     by_second: std::collections::BTreeMap<u64, (u64, u64)>,
-    /// Seconds into the window at which a started pod pinged all connections.
-    pings: Vec<f64>,
     /// The pods' `ward_delivery_lag_seconds` buckets, counted in the window.
     pod_lag: Vec<(f64, f64)>,
 }
@@ -490,25 +495,7 @@ fn measure(
         }
     }
     outcome.histogram = Some(histogram);
-    outcome.pings = ping_rounds(setup, window_start, window_end);
     Ok(outcome)
-}
-
-/// Seconds into the window at which the started pods ping every connection
-/// (every 15 s after their start).
-fn ping_rounds(setup: &Setup, from: u64, until: u64) -> Vec<f64> {
-    const PING_US: u64 = 15_000_000;
-    let mut rounds = Vec::new();
-    for pod in &setup.pods {
-        let mut at = procs::start_time_us(pod.process.pid()) + PING_US;
-        while at < until {
-            if at >= from {
-                rounds.push((at - from) as f64 / 1e6);
-            }
-            at += PING_US;
-        }
-    }
-    rounds
 }
 
 /// The pods' delivery lag histograms (publish to socket write), summed.
@@ -573,12 +560,8 @@ fn print_outcome(outcome: &Outcome) {
         .filter(|(_, (n, slow))| *slow * 100 > *n)
         .map(|(s, (n, slow))| format!("{s}s:{:.0}%", *slow as f64 * 100.0 / *n as f64))
         .collect();
-    let pings: Vec<String> = outcome.pings.iter().map(|p| format!("{p:.1}s")).collect();
-    println!(
-        "  seconds with over 1% of deliveries slower than 20 ms: {}; pod ping rounds at: {}",
-        if slow.is_empty() { "none".into() } else { slow.join(" ") },
-        if pings.is_empty() { "none".into() } else { pings.join(" ") }
-    );
+    let slow = if slow.is_empty() { "none".into() } else { slow.join(" ") };
+    println!("  seconds with over 1% of deliveries slower than 20 ms: {slow}");
     let or_none = |list: &[String]| if list.is_empty() { "none".into() } else { list.join(" ") };
     println!("  errors: {}; closes: {}", or_none(&outcome.errors), or_none(&outcome.closes));
     let cpu: Vec<String> = outcome.cpu.iter().map(|(g, c)| format!("{g} {c:.2}")).collect();

@@ -3,8 +3,9 @@
 //! frames and, when told, sends messages at a fixed rate.
 //!
 //! It talks to the coordinating process by lines: it prints `ready ...`,
-//! then answers each `run ...` command with a `result ...` line; `quit` (or
-//! the end of its input) closes the connections and ends it.
+//! then answers each `run ...` command with a `result ...` line and each
+//! `stats` with a `stats ...` line; `quit` (or the end of its input) closes
+//! the connections and ends it.
 //!
 //! Reading is kept lean: a `new_message` frame is recognised by its prefix
 //! and its send time found by a substring search, without JSON parsing.
@@ -75,6 +76,8 @@ struct Stats {
     /// Other `new_message` frames (warm-up, stragglers).
     outside: u64,
     acks: u64,
+    /// Text frames received since the worker started (any type).
+    frames: u64,
     /// Per second of the window (by receive time): deliveries, and those
     /// slower than [`SLOW_US`].
     seconds: BTreeMap<u64, (u64, u64)>,
@@ -115,7 +118,10 @@ async fn work(plan: Rc<Plan>) -> Result<(), String> {
                 let report = run_phase(&plan, &mut senders, &stats, &run).await?;
                 println!("result {report}");
             }
-            Some("stats") => println!("stats closes={}", tally(&stats.borrow().closes)),
+            Some("stats") => {
+                let stats = stats.borrow();
+                println!("stats frames={} closes={}", stats.frames, tally(&stats.closes));
+            }
             _ => break,
         }
     }
@@ -230,6 +236,7 @@ async fn read_loop(mut stream: SplitStream<Socket>, stats: Rc<RefCell<Stats>>) {
 }
 
 fn on_text(text: &str, stats: &mut Stats) {
+    stats.frames += 1;
     if let Some(rest) = text.strip_prefix(NEW_MESSAGE) {
         let now = now_us();
         let sent = sent_time(rest);
@@ -297,6 +304,7 @@ async fn run_phase(
         *stats = Stats {
             window: Some((start + warmup, start + warmup + window)),
             histogram: Some(Histogram::new()),
+            frames: stats.frames,
             closes,
             ..Stats::default()
         };

@@ -247,21 +247,6 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
-/// When a process started, in µs since the epoch (10 ms precision).
-pub fn start_time_us(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
-    // starttime is the 22nd field of the line, the 20th after the name.
-    let ticks: u64 = after.split_whitespace().nth(19).and_then(|t| t.parse().ok()).unwrap_or(0);
-    let boot = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let boot: u64 = boot
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))
-        .and_then(|b| b.trim().parse().ok())
-        .unwrap_or(0);
-    boot * 1_000_000 + ticks * 10_000
-}
-
 /// CPU time of the whole machine in seconds: processes (user, nice,
 /// system, steal) and interrupt handling (irq, softirq), which on loopback is
 /// mostly the receiving side of TCP and belongs to no process.
