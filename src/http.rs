@@ -14,7 +14,7 @@ use crate::pod::Pod;
 use crate::session;
 
 /// Bytes read from a socket at once; small, since idle sockets are many.
-const READ_BUFFER: usize = 256;
+const READ_BUFFER: usize = 128;
 /// Bytes gathered before the WebSocket writes to the socket.
 const WRITE_BUFFER: usize = 16 * 1024;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use tokio::time::{Instant, timeout};
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{Instrument, debug, debug_span, info};
 
 use crate::auth::{self, HelloError, Identity};
 use crate::broker::{BrokerError, ConnId, MessageMark, RoomEvent};
@@ -37,8 +37,12 @@ const RATE_STRIKES: u32 = 20;
 /// handshake, frame handling, writes, goodbyes) are boxed while they run.
 pub fn serve(pod: Arc<Pod>, socket: WebSocket) -> impl Future<Output = ()> {
     pod.metrics.connections_opened.inc();
-    let span = info_span!("conn", conn.id = tracing::field::Empty, user.id = tracing::field::Empty,
+    // A debug-level span: at the usual info level it costs nothing, which
+    // matters with a hundred thousand idle connections; the lifecycle and
+    // warning events carry `conn.id` and `user.id` themselves.
+    let span = debug_span!("conn", conn.id = tracing::field::Empty, user.id = tracing::field::Empty,
         node.id = %pod.config.node_id);
+
     run(pod, Box::new(socket)).instrument(span)
 }
 
@@ -47,23 +51,32 @@ async fn run(pod: Arc<Pod>, mut socket: Box<WebSocket>) {
     let conn = pod.register(outbox.clone());
     tracing::Span::current().record("conn.id", conn);
 
-    let end = match Box::pin(greet(&pod, &mut socket, &outbox)).await {
-        Ok((identity, reference)) => {
-            let mut session = Session::new(pod.clone(), conn, identity, outbox);
-            session.serve(&mut socket, reference).await
-        }
-        Err(request) => end_for(request),
+    // Bound in one statement, so that nothing of the handshake stays in
+    // the task's state while the session runs.
+    let (mut session, reference) = match Box::pin(greet(&pod, &mut socket, conn, &outbox)).await {
+        Ok((identity, reference)) => (Session::new(pod.clone(), conn, identity, outbox), reference),
+        Err(request) => return Box::pin(finish(&pod, &mut socket, conn, end_for(request))).await,
     };
+    let end = session.serve(&mut socket, reference).await;
+    Box::pin(finish(&pod, &mut socket, conn, end)).await;
+}
 
+/// Forgets a connection that ended and says goodbye when the pod ends it.
+async fn finish(pod: &Pod, socket: &mut WebSocket, conn: ConnId, end: End) {
     pod.unregister(conn);
     pod.metrics.connections_closed.with_label_values(&[end.label()]).inc();
     match end {
         End::Close(request) => {
-            info!(code = request.code, reason = request.label, "connection closed by pod");
-            Box::pin(say_goodbye(&mut socket, request)).await;
+            info!(
+                conn.id = conn,
+                code = request.code,
+                reason = request.label,
+                "connection closed by pod"
+            );
+            say_goodbye(socket, request).await;
         }
         End::ClientClosed | End::ClientGone => {
-            debug!(reason = end.label(), "connection closed by client")
+            debug!(conn.id = conn, reason = end.label(), "connection closed by client")
         }
     }
 }
@@ -97,6 +110,7 @@ const fn closing(code: u16, reason: &'static str, label: &'static str) -> CloseR
 async fn greet(
     pod: &Pod,
     socket: &mut WebSocket,
+    conn: ConnId,
     outbox: &Outbox,
 ) -> Result<(Identity, Option<Ref>), CloseRequest> {
     let waiting = timeout(pod.config.limits.hello_timeout, first_data_frame(socket));
@@ -123,7 +137,7 @@ async fn greet(
     let identity = auth::identify(pod.verifier.as_deref(), hello).map_err(|err| match err {
         HelloError::Malformed(_) => closing(close::PROTOCOL, "invalid hello", "protocol"),
         HelloError::Unauthorized(cause) => {
-            tracing::warn!(cause = %cause, "hello refused");
+            tracing::warn!(conn.id = conn, cause = %cause, "hello refused");
             closing(close::UNAUTHORIZED, "unauthorized", "unauthorized")
         }
     })?;
@@ -211,7 +225,7 @@ impl Session {
         let user = self.identity.user.id.clone();
         tracing::Span::current().record("user.id", &*user);
         if !self.pod.admit_user(&user) {
-            tracing::warn!("connection refused: too many for this user");
+            tracing::warn!(conn.id = self.conn, user.id = %user, "connection refused: too many for this user");
             return End::Close(TOO_MANY);
         }
         if let Some(exp) = self.identity.expires_at {
@@ -237,7 +251,7 @@ impl Session {
         if let Err(end) = Box::pin(self.reply(socket, welcome)).await {
             return end;
         }
-        info!("connection ready");
+        info!(conn.id = self.conn, user.id = %self.identity.user.id, "connection ready");
 
         loop {
             tokio::select! {
@@ -452,7 +466,7 @@ impl Session {
         metrics.broker_duration.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
         if let Err(err @ BrokerError::Unavailable(_)) = &result {
             metrics.broker_errors.with_label_values(&[op]).inc();
-            tracing::warn!(op, error = %err, "broker call failed");
+            tracing::warn!(conn.id = self.conn, op, error = %err, "broker call failed");
         }
         result.map_err(Refusal::from)
     }

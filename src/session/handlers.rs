@@ -245,7 +245,7 @@ impl Session {
         for room in rooms {
             if let Err(refusal) = self.exit(&room).await {
                 // Presence then ends by itself within the presence TTL.
-                tracing::warn!(room = %room, error = %refusal.message, "leaving a room failed");
+                tracing::warn!(conn.id = self.conn, room = %room, error = %refusal.message, "leaving a room failed");
             }
         }
     }
@@ -364,11 +364,11 @@ impl Session {
         let refused = || Refusal::new(ErrorCode::Unauthorized, "token refused");
         let verifier = self.pod.verifier.as_ref().ok_or_else(refused)?;
         let fresh = verifier.verify(token).map_err(|cause| {
-            tracing::warn!(cause = %cause, "refresh refused");
+            tracing::warn!(conn.id = self.conn, cause = %cause, "refresh refused");
             refused()
         })?;
         if fresh.user.id != self.identity.user.id {
-            tracing::warn!("refresh refused: token is for another user");
+            tracing::warn!(conn.id = self.conn, "refresh refused: token is for another user");
             return Err(refused().into());
         }
 
