@@ -22,7 +22,7 @@ use ward::config::Config;
 use ward::server::Server;
 
 /// How long a test waits for a frame, a close or a condition.
-pub const DEADLINE: Duration = Duration::from_secs(5);
+pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// A configuration for tests: open mode on a free loopback port, no drain
 /// pauses, and rate limits high enough that only rate-limit tests meet them.
