@@ -104,6 +104,26 @@ pub struct Draft {
     pub client_msg_id: Option<String>,
 }
 
+impl Draft {
+    /// The message this draft becomes, stored at `ts` under `id`.
+    pub fn into_message(self, id: String, ts: i64) -> Message {
+        let deadline = self
+            .ack_within
+            .map(|d| ts.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
+        Message {
+            id,
+            room: self.room,
+            from: self.from,
+            text: self.text,
+            ts,
+            priority: self.priority,
+            needs_ack: deadline.is_some(),
+            deadline,
+            acknowledged_by: deadline.map(|_| Vec::new()),
+        }
+    }
+}
+
 /// Fields of the `hello` frame.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Hello {

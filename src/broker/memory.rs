@@ -131,22 +131,6 @@ impl RoomState {
     }
 }
 
-/// Builds the stored message from a draft.
-fn message_from(draft: Draft, id: (u64, u64), ts: i64) -> Message {
-    let deadline = draft.ack_within.map(|d| ts + i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    Message {
-        id: format!("{}-{}", id.0, id.1),
-        room: draft.room,
-        from: draft.from,
-        text: draft.text,
-        ts,
-        priority: draft.priority,
-        needs_ack: deadline.is_some(),
-        deadline,
-        acknowledged_by: deadline.map(|_| Vec::new()),
-    }
-}
-
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn publish(&self, mut draft: Draft) -> Result<Published, BrokerError> {
@@ -160,7 +144,7 @@ impl Broker for MemoryBroker {
 
         let ts = now_ms();
         let id = state.next_id(ts);
-        let message = message_from(draft, id, ts);
+        let message = draft.into_message(format!("{}-{}", id.0, id.1), ts);
         if let Some(key) = client_msg_id {
             state.dedup.insert(key, (message.clone(), Instant::now()));
         }

@@ -193,22 +193,6 @@ fn stored_message(id: String, json: &str, acks: &str) -> Result<Message, serde_j
     Ok(message)
 }
 
-/// The message a draft becomes; the id comes from the stream.
-fn message_from(draft: Draft, ts: i64) -> Message {
-    let deadline = draft.ack_within.map(|d| ts + i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    Message {
-        id: String::new(),
-        room: draft.room,
-        from: draft.from,
-        text: draft.text,
-        ts,
-        priority: draft.priority,
-        needs_ack: deadline.is_some(),
-        deadline,
-        acknowledged_by: deadline.map(|_| Vec::new()),
-    }
-}
-
 /// `(ms-seq`: an exclusive stream bound.
 fn exclusive((ms, seq): (u64, u64)) -> String {
     format!("({ms}-{seq}")
@@ -224,7 +208,8 @@ impl Broker for RedisBroker {
         let shared = &self.shared;
         let keys = shared.keys(&draft.room);
         let client_msg_id = draft.client_msg_id.take();
-        let mut message = message_from(draft, now_ms());
+        // The id comes from the stream, in the script.
+        let mut message = draft.into_message(String::new(), now_ms());
         // The script writes the id into `{"id":""`, the start of this JSON.
         let json = serde_json::to_string(&message).map_err(unreadable)?;
 
@@ -401,13 +386,13 @@ mod tests {
 
     #[test]
     fn the_stored_json_starts_with_an_empty_id() {
-        let json = serde_json::to_string(&message_from(draft(false), 5)).unwrap();
+        let json = serde_json::to_string(&draft(false).into_message(String::new(), 5)).unwrap();
         assert!(json.starts_with(r#"{"id":"""#), "{json}");
     }
 
     #[test]
     fn a_stored_message_gets_its_id_and_acknowledgements() {
-        let json = serde_json::to_string(&message_from(draft(true), 5)).unwrap();
+        let json = serde_json::to_string(&draft(true).into_message(String::new(), 5)).unwrap();
         let acks = r#"{"user":{"id":"bob","name":"Bob"},"ts":9}"#;
         let message = stored_message("5-0".into(), &json, acks).unwrap();
         assert_eq!(message.id, "5-0");
