@@ -433,28 +433,29 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "audit",
 ];
 
-/// `WARD_*` variables, except the service links Kubernetes adds for a
-/// Service whose name starts with `ward` (`WARD_SERVICE_HOST`, `WARD_PORT`,
-/// `WARD_REDIS_PORT_6379_TCP` and the like). Any other unknown variable,
-/// a misspelt one included, stops start-up.
+/// The `WARD_*` variables meant for Ward: those naming a key, and those
+/// that look like a misspelt key (`WARD_REDIS_URL` for `WARD_REDIS__URL`),
+/// which then stop start-up as unknown keys. Others are left to their
+/// owners: the service links Kubernetes adds for a Service whose name starts
+/// with `ward` (`WARD_SERVICE_HOST`, `WARD_REDIS_PORT`), or a tool's own
+/// setting such as `WARD_BIN`.
 fn ward_env() -> Env {
-    Env::prefixed("WARD_").split("__").filter(|key| !is_service_link(key.as_str()))
+    Env::prefixed("WARD_").split("__").filter(|key| is_meant_for_ward(key.as_str()))
 }
 
-/// Whether a variable (without `WARD_`) has the shape of a Kubernetes
-/// service link rather than of a Ward key.
-fn is_service_link(key: &str) -> bool {
+/// Whether a variable (without `WARD_`) names a Ward key or a near miss.
+fn is_meant_for_ward(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     let top = key.split('.').next().unwrap_or_default();
     if TOP_LEVEL_KEYS.contains(&top) {
-        return false;
+        return true;
     }
-    key.contains("service_host")
+    let service_link = key.contains("service_host")
         || key.contains("service_port")
-        || key == "port"
         || key.ends_with("_port")
-        || key.starts_with("port_")
-        || key.contains("_port_")
+        || key.contains("_port_");
+    let near_miss = TOP_LEVEL_KEYS.iter().any(|known| key.starts_with(&format!("{known}_")));
+    near_miss && !service_link
 }
 
 /// Turns figment's error into one that names the dotted key.
@@ -565,6 +566,13 @@ mod tests {
             ("WARD_REDIS_SERVICE_HOST", "10.0.0.2"),
             ("WARD_REDIS_PORT", "tcp://10.0.0.2:6379"),
         ]);
+        assert!(config.is_ok(), "{config:?}");
+    }
+
+    #[test]
+    fn variables_of_other_tools_are_left_alone() {
+        let config =
+            figment_with_env(&[("WARD_BIN", "target/release/ward"), ("WARD_E2E_URL", "x")]);
         assert!(config.is_ok(), "{config:?}");
     }
 
